@@ -1,0 +1,110 @@
+//! Process configuration (environment variables and flags) and the runtime
+//! options snapshot (`options`), which lives in the database and can change
+//! while the server runs.
+
+pub mod options;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+/// Default listening port.
+pub const DEFAULT_PORT: u16 = 3000;
+/// Default directory for the SQLite file and the secret key file.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default cap on a request body (management and relay alike).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Everything the process reads from its environment at start.
+///
+/// Each field is also a command-line flag; the environment variable names are
+/// the ones new-api uses where it has one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// `postgres://…` or `mysql://…`; unset means SQLite in the data directory.
+    #[arg(long, env = "SQL_DSN", hide_env_values = true)]
+    pub sql_dsn: Option<String>,
+    /// Directory for `sluice.db` and `secret.key`.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Redis URL; required for more than one replica.
+    #[arg(long, env = "REDIS_CONN_STRING", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Key for signing session cookies; derived from the secret key when unset.
+    #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+    /// Key for encrypting API keys at rest (64 hex chars, or any string which
+    /// is hashed to 32 bytes); a key file in the data directory when unset.
+    #[arg(long, env = "SLUICE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Root password on first start; generated and printed when unset.
+    #[arg(long, env = "INITIAL_ROOT_PASSWORD", hide_env_values = true)]
+    pub initial_root_password: Option<String>,
+    /// Root access token on first start; generated and printed when unset.
+    #[arg(long, env = "INITIAL_ROOT_ACCESS_TOKEN", hide_env_values = true)]
+    pub initial_root_access_token: Option<String>,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed (IPs or CIDRs,
+    /// comma separated).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Log filter (`info`, `debug`, or a tracing directive list).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Size of the database connection pool.
+    #[arg(long, env = "SQL_MAX_CONNECTIONS", default_value_t = 16)]
+    pub sql_max_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: DEFAULT_PORT,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            sql_dsn: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            redis_url: None,
+            session_secret: None,
+            secret_key: None,
+            initial_root_password: None,
+            initial_root_access_token: None,
+            trusted_proxies: Vec::new(),
+            log_level: "info".into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sql_max_connections: 16,
+        }
+    }
+}
+
+impl Config {
+    /// The database URL: `SQL_DSN`, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.sql_dsn {
+            Some(dsn) if !dsn.trim().is_empty() => dsn.trim().to_string(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("sluice.db").display()
+            ),
+        }
+    }
+}
+
+/// Accepts a bare IP (as a /32 or /128) or a CIDR.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("'{s}' is not an IP address or CIDR"))
+}

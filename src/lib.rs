@@ -1,0 +1,13 @@
+//! sluice: a self-hosted LLM API gateway.
+//!
+//! The crate is one library plus the `sluice` binary. Modules are named for the
+//! domain; dependencies point one way: routes (`api`, `relay`) → services
+//! (`auth`, `billing`, `routing`, `ledger`, `cache`) → `store`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod util;

@@ -1,0 +1,213 @@
+//! Process wiring: build the state, bootstrap the root user, assemble the
+//! router, serve until told to stop, then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+use crate::auth::{AuthError, Secrets, keys, password, role};
+use crate::config::Config;
+use crate::config::options::Options;
+use crate::state::{AppState, Limits, SharedState};
+use crate::store::{NewUser, Store, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("secrets: {0}")]
+    Auth(#[from] AuthError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Header carrying the request id on every response (and in the log row).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Request ids: time-ordered, unique per process, cheap (no syscall).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    counter: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            prefix: Arc::from(keys::random_alnum(8)),
+            counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{:012x}{}", crate::store::now(), n, self.prefix);
+        id.parse().ok().map(RequestId::new)
+    }
+}
+
+/// Builds the shared state: connects and migrates the store, loads secrets and
+/// options, and creates the root user on first start.
+pub async fn build_state(config: Config) -> Result<SharedState, ServerError> {
+    if config
+        .sql_dsn
+        .as_deref()
+        .is_none_or(|d| d.trim().is_empty())
+    {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let store = Store::connect(&config.database_url(), config.sql_max_connections).await?;
+    store.migrate().await?;
+    let secrets = Secrets::load(
+        config.secret_key.as_deref(),
+        config.session_secret.as_deref(),
+        &config.data_dir,
+    )?;
+    bootstrap_root(&store, &config).await?;
+    let options = Options::from_stored(store.load_options().await?);
+    Ok(Arc::new(AppState {
+        config,
+        store,
+        secrets,
+        options: ArcSwap::from_pointee(options),
+        started_at: crate::store::now(),
+        limits: Limits::default(),
+    }))
+}
+
+/// Creates the root user when there are no users. Credentials come from the
+/// environment, or are generated and printed once.
+async fn bootstrap_root(store: &Store, config: &Config) -> Result<(), ServerError> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let given_pw = config
+        .initial_root_password
+        .clone()
+        .filter(|p| !p.is_empty());
+    let given_token = config
+        .initial_root_access_token
+        .clone()
+        .filter(|t| !t.is_empty());
+    let pw = given_pw.clone().unwrap_or_else(|| keys::random_alnum(20));
+    let token = given_token.clone().unwrap_or_else(keys::new_access_token);
+    let hash = password::hash(&pw).await?;
+    let res = store
+        .create_user(&NewUser {
+            username: "root".into(),
+            password_hash: hash,
+            display_name: "Root".into(),
+            role: role::ROOT,
+            group: "default".into(),
+            quota: 0,
+            access_token_hash: Some(keys::lookup_hash(&token)),
+        })
+        .await;
+    let id = match res {
+        Ok(id) => id,
+        // Another replica bootstrapped at the same moment.
+        Err(StoreError::Unique(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if given_pw.is_none() || given_token.is_none() {
+        // Printed once, to stderr, never to the structured log.
+        let mut msg = format!("\n  sluice created the root user (id {id}, username \"root\")\n");
+        if given_pw.is_none() {
+            msg.push_str(&format!("    password:     {pw}\n"));
+        }
+        if given_token.is_none() {
+            msg.push_str(&format!(
+                "    access token: {token}   (send as Authorization: Bearer <token> with New-Api-User: {id})\n"
+            ));
+        }
+        msg.push_str("  Store them now: they are not shown again.\n");
+        eprintln!("{msg}");
+    }
+    Ok(())
+}
+
+/// The full router with its layers.
+pub fn app(state: SharedState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let header = HeaderName::from_static(REQUEST_ID_HEADER);
+    Router::new()
+        .merge(crate::api::router())
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(SetRequestIdLayer::new(header, RequestIds::new()))
+}
+
+/// A server running in the background (used by `main` and by tests).
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The shared state (tests read the store through it).
+    pub state: SharedState,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Asks the server to stop accepting, finish in-flight requests and flush.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the server to finish after [`RunningServer::shutdown`].
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.handle
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// A token that is cancelled when the server is told to stop.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds and serves in a background task.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let state = build_state(config).await?;
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let app = app(state.clone());
+    let stop = shutdown.clone();
+    let st = state.clone();
+    let handle = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+        tracker.close();
+        tracker.wait().await;
+        st.store.close().await;
+        Ok(())
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown,
+        handle,
+    })
+}

@@ -1,0 +1,290 @@
+//! The ledger table: one row per call, top-up, management act or error.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::users::FilterArg;
+use super::{Store, StoreResult, flag};
+
+/// Log types (SPEC §8).
+pub mod log_type {
+    pub const TOPUP: i64 = 1;
+    pub const CONSUME: i64 = 2;
+    pub const MANAGE: i64 = 3;
+    pub const SYSTEM: i64 = 4;
+    pub const ERROR: i64 = 5;
+}
+
+/// A log row to insert.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct NewLog {
+    pub created_at: i64,
+    #[serde(rename = "type")]
+    pub log_type: i64,
+    pub content: String,
+    pub user_id: i64,
+    pub username: String,
+    pub token_id: i64,
+    pub token_name: String,
+    pub model_name: String,
+    pub channel_id: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub quota: i64,
+    pub use_time: i64,
+    pub is_stream: bool,
+    pub ip: String,
+    #[serde(rename = "group")]
+    pub group: String,
+    pub request_id: String,
+    /// JSON object text.
+    pub other: String,
+}
+
+/// A stored log row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub id: i64,
+    pub log: NewLog,
+}
+
+/// Filters for log queries; `None` means no filter.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub user_id: Option<i64>,
+    pub log_type: Option<i64>,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub model_name: Option<String>,
+    pub token_name: Option<String>,
+    pub token_id: Option<i64>,
+    pub username: Option<String>,
+    pub channel_id: Option<i64>,
+    pub group: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl LogFilter {
+    fn sql(&self) -> (String, Vec<FilterArg>) {
+        let mut w = String::from(" WHERE 1=1");
+        let mut a = Vec::new();
+        let mut int = |w: &mut String, col: &str, op: &str, v: Option<i64>| {
+            if let Some(v) = v {
+                w.push_str(&format!(" AND {col} {op} ?"));
+                a.push(FilterArg::Int(v));
+            }
+        };
+        int(&mut w, "user_id", "=", self.user_id);
+        int(&mut w, "type", "=", self.log_type);
+        int(&mut w, "created_at", ">=", self.start);
+        int(&mut w, "created_at", "<=", self.end);
+        int(&mut w, "token_id", "=", self.token_id);
+        int(&mut w, "channel_id", "=", self.channel_id);
+        for (col, v) in [
+            ("model_name", &self.model_name),
+            ("token_name", &self.token_name),
+            ("username", &self.username),
+            ("group_name", &self.group),
+            ("request_id", &self.request_id),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                w.push_str(&format!(" AND {col} = ?"));
+                a.push(FilterArg::Text(v.to_string()));
+            }
+        }
+        (w, a)
+    }
+}
+
+/// Sums over a filter (`/api/log/stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStat {
+    pub quota: i64,
+    pub rpm: i64,
+    pub tpm: i64,
+}
+
+/// Usage of one model on one day (`/api/data/self`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UsageBucket {
+    pub model_name: String,
+    /// Start of the UTC day, Unix seconds.
+    pub created_at: i64,
+    pub count: i64,
+    pub quota: i64,
+    pub token_used: i64,
+}
+
+const LOG_COLS: &str = "id, created_at, type, content, user_id, username, token_id, token_name, \
+    model_name, channel_id, prompt_tokens, completion_tokens, quota, use_time, is_stream, ip, \
+    group_name, request_id, other";
+
+fn log_from_row(r: &AnyRow) -> Result<LogRow, sqlx::Error> {
+    Ok(LogRow {
+        id: r.try_get("id")?,
+        log: NewLog {
+            created_at: r.try_get("created_at")?,
+            log_type: r.try_get("type")?,
+            content: r.try_get("content")?,
+            user_id: r.try_get("user_id")?,
+            username: r.try_get("username")?,
+            token_id: r.try_get("token_id")?,
+            token_name: r.try_get("token_name")?,
+            model_name: r.try_get("model_name")?,
+            channel_id: r.try_get("channel_id")?,
+            prompt_tokens: r.try_get("prompt_tokens")?,
+            completion_tokens: r.try_get("completion_tokens")?,
+            quota: r.try_get("quota")?,
+            use_time: r.try_get("use_time")?,
+            is_stream: flag(r, "is_stream")?,
+            ip: r.try_get("ip")?,
+            group: r.try_get("group_name")?,
+            request_id: r.try_get("request_id")?,
+            other: r.try_get("other")?,
+        },
+    })
+}
+
+const INSERT_LOG: &str = "INSERT INTO logs (created_at, type, content, user_id, username, token_id, \
+    token_name, model_name, channel_id, prompt_tokens, completion_tokens, quota, use_time, \
+    is_stream, ip, group_name, request_id, other) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+impl Store {
+    fn insert_log_query(
+        &self,
+        l: &NewLog,
+    ) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+        self.q(INSERT_LOG)
+            .bind(l.created_at)
+            .bind(l.log_type)
+            .bind(l.content.clone())
+            .bind(l.user_id)
+            .bind(l.username.clone())
+            .bind(l.token_id)
+            .bind(l.token_name.clone())
+            .bind(l.model_name.clone())
+            .bind(l.channel_id)
+            .bind(l.prompt_tokens)
+            .bind(l.completion_tokens)
+            .bind(l.quota)
+            .bind(l.use_time)
+            .bind(l.is_stream as i64)
+            .bind(l.ip.clone())
+            .bind(l.group.clone())
+            .bind(l.request_id.clone())
+            .bind(l.other.clone())
+    }
+
+    /// Inserts one log row on its own.
+    pub async fn insert_log(&self, l: &NewLog) -> StoreResult<()> {
+        self.insert_log_query(l).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Inserts one log row inside a caller's transaction.
+    pub async fn insert_log_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        l: &NewLog,
+    ) -> StoreResult<()> {
+        self.insert_log_query(l).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// A page of log rows, newest first.
+    pub async fn list_logs(
+        &self,
+        f: &LogFilter,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<LogRow>, i64)> {
+        let (w, args) = f.sql();
+        let mut cq = self.q(&format!("SELECT COUNT(*) FROM logs{w}"));
+        for a in &args {
+            cq = a.bind(cq);
+        }
+        let total: i64 = cq.fetch_one(&self.pool).await?.try_get(0)?;
+        let mut q = self.q(&format!(
+            "SELECT {LOG_COLS} FROM logs{w} ORDER BY id DESC LIMIT ? OFFSET ?"
+        ));
+        for a in &args {
+            q = a.bind(q);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        Ok((
+            rows.iter()
+                .map(log_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+            total,
+        ))
+    }
+
+    /// Quota summed over the filter; requests and tokens in the last 60
+    /// seconds (as new-api) over the same filter.
+    pub async fn log_stat(&self, f: &LogFilter, now: i64) -> StoreResult<LogStat> {
+        let (w, args) = f.sql();
+        let mut q = self.q(&format!(
+            "SELECT {} FROM logs{w}",
+            self.dialect.sum_i64("quota")
+        ));
+        for a in &args {
+            q = a.bind(q);
+        }
+        let quota: i64 = q.fetch_one(&self.pool).await?.try_get(0)?;
+        let mut recent = f.clone();
+        recent.start = Some(recent.start.map_or(now - 60, |s| s.max(now - 60)));
+        let (w, args) = recent.sql();
+        let mut q = self.q(&format!(
+            "SELECT COUNT(*), {} FROM logs{w}",
+            self.dialect.sum_i64("prompt_tokens + completion_tokens")
+        ));
+        for a in &args {
+            q = a.bind(q);
+        }
+        let row = q.fetch_one(&self.pool).await?;
+        Ok(LogStat {
+            quota,
+            rpm: row.try_get(0)?,
+            tpm: row.try_get(1)?,
+        })
+    }
+
+    /// Consumption per UTC day and model.
+    pub async fn usage_buckets(&self, f: &LogFilter) -> StoreResult<Vec<UsageBucket>> {
+        let (w, args) = f.sql();
+        let day = self.dialect.int("created_at - (created_at % 86400)");
+        let mut q = self.q(&format!(
+            "SELECT model_name, {day} AS day, COUNT(*) AS n, {} AS quota, {} AS tokens \
+             FROM logs{w} GROUP BY model_name, {day} ORDER BY day, model_name",
+            self.dialect.sum_i64("quota"),
+            self.dialect.sum_i64("prompt_tokens + completion_tokens"),
+        ));
+        for a in &args {
+            q = a.bind(q);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageBucket {
+                    model_name: r.try_get("model_name")?,
+                    created_at: r.try_get("day")?,
+                    count: r.try_get("n")?,
+                    quota: r.try_get("quota")?,
+                    token_used: r.try_get("tokens")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Deletes rows older than `before`; returns how many.
+    pub async fn purge_logs(&self, before: i64) -> StoreResult<u64> {
+        let res = self
+            .q("DELETE FROM logs WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+}
