@@ -6,7 +6,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod billing;
+pub mod cache;
 pub mod config;
+pub mod ledger;
+pub mod mock;
+pub mod relay;
+pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -17,8 +17,12 @@ use tower_http::request_id::{
 };
 
 use crate::auth::{AuthError, Secrets, keys, password, role};
+use crate::billing::bank::LocalBank;
+use crate::cache::{CacheTtl, Caches};
 use crate::config::Config;
 use crate::config::options::Options;
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::routing::Snapshot;
 use crate::state::{AppState, Limits, SharedState};
 use crate::store::{NewUser, Store, StoreError};
 
@@ -31,6 +35,23 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The ledger writer, stopped last at shutdown.
+pub struct Writer {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Writer {
+    /// Drains the ledger queue and waits for the writer to finish.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 /// Header carrying the request id on every response (and in the log row).
@@ -60,9 +81,10 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// Builds the shared state: connects and migrates the store, loads secrets and
-/// options, and creates the root user on first start.
-pub async fn build_state(config: Config) -> Result<SharedState, ServerError> {
+/// Builds the shared state: connects and migrates the store, loads secrets,
+/// options and channels, creates the root user on first start, and starts
+/// the ledger writer.
+pub async fn build_state(config: Config) -> Result<(SharedState, Writer), ServerError> {
     if config
         .sql_dsn
         .as_deref()
@@ -79,14 +101,45 @@ pub async fn build_state(config: Config) -> Result<SharedState, ServerError> {
     )?;
     bootstrap_root(&store, &config).await?;
     let options = Options::from_stored(store.load_options().await?);
-    Ok(Arc::new(AppState {
+    let routing = Snapshot::build(&store.all_channels().await?, &secrets);
+    let bank = Arc::new(LocalBank::default());
+    let writer = Writer {
+        stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let ledger = Ledger::start(
+        store.clone(),
+        bank.clone(),
+        LedgerConfig {
+            window: std::time::Duration::from_millis(config.ledger_window_ms.max(1)),
+            ..LedgerConfig::default()
+        },
+        &writer.tracker,
+        writer.stop.clone(),
+    );
+    let http = reqwest::Client::builder()
+        .connect_timeout(config.upstream_connect())
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let tracker = TaskTracker::new();
+    tracker.spawn_blocking(crate::billing::tokens::warm_up);
+    let state = Arc::new(AppState {
         config,
         store,
         secrets,
         options: ArcSwap::from_pointee(options),
         started_at: crate::store::now(),
         limits: Limits::default(),
-    }))
+        caches: Caches::new(CacheTtl::default()),
+        bank,
+        ledger,
+        routing: ArcSwap::from_pointee(routing),
+        http,
+        tracker,
+    });
+    Ok((state, writer))
 }
 
 /// Creates the root user when there are no users. Credentials come from the
@@ -146,6 +199,7 @@ pub fn app(state: SharedState) -> Router {
     let header = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
         .merge(crate::api::router())
+        .merge(crate::relay::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(PropagateRequestIdLayer::new(header.clone()))
@@ -184,11 +238,10 @@ impl RunningServer {
 /// Binds and serves in a background task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = SocketAddr::new(config.bind, config.port);
-    let state = build_state(config).await?;
+    let (state, writer) = build_state(config).await?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let app = app(state.clone());
     let stop = shutdown.clone();
     let st = state.clone();
@@ -199,8 +252,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         )
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
-        tracker.close();
-        tracker.wait().await;
+        // In-flight requests are done; let background work (settlements of
+        // dropped streams, channel updates) queue its rows, then drain the
+        // ledger, then close the database.
+        st.tracker.close();
+        st.tracker.wait().await;
+        writer.stop().await;
         st.store.close().await;
         Ok(())
     });

@@ -7,8 +7,12 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::Secrets;
+use crate::billing::bank::LocalBank;
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::config::options::Options;
+use crate::ledger::Ledger;
+use crate::routing::Snapshot;
 use crate::store::Store;
 
 /// Everything a handler may need. Cheap to clone through [`SharedState`].
@@ -22,6 +26,18 @@ pub struct AppState {
     pub started_at: i64,
     /// Throttles for sensitive management calls.
     pub limits: Limits,
+    /// Token and user caches for the relay's key check.
+    pub caches: Caches,
+    /// Live balances.
+    pub bank: Arc<LocalBank>,
+    /// The ledger queue.
+    pub ledger: Ledger,
+    /// The routing table; replaced whole when a channel changes.
+    pub routing: ArcSwap<Snapshot>,
+    /// The pooled upstream client.
+    pub http: reqwest::Client,
+    /// Background tasks; shutdown waits for them.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// Shared handle to [`AppState`].

@@ -51,11 +51,17 @@ async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
 
 /// Models reachable through enabled channels serving any of `groups`.
 pub fn models_for_groups<'a>(
-    _state: &SharedState,
-    _groups: impl Iterator<Item = &'a String>,
+    state: &SharedState,
+    groups: impl Iterator<Item = &'a String>,
 ) -> Vec<String> {
-    Vec::new()
+    state.routing.load().models_for(groups.map(String::as_str))
 }
 
-/// Called after any write to a user (quota, status, role, deletion).
-pub fn user_changed(_state: &SharedState, _user_id: i64) {}
+/// Called after any write to a user (quota, status, role, deletion): the
+/// relay must see it before the write's response returns.
+pub async fn user_changed(state: &SharedState, user_id: i64) {
+    state.caches.invalidate_user(user_id).await;
+    if let Err(e) = state.bank.reload_user(&state.store, user_id).await {
+        tracing::error!(error = %e, user = user_id, "could not reload a user balance");
+    }
+}

@@ -5,14 +5,16 @@
 //! failures 401, authorization failures 403, malformed input 400 — all with the
 //! envelope. [`ApiError`] is the one place that decides this.
 
+pub mod channel;
 mod extract;
+pub mod log;
 pub mod misc;
 pub mod option;
 pub mod redemption;
 pub mod token;
 pub mod user;
 
-pub use extract::{Admin, ClientIp, JsonBody, PageQuery, Principal, Root};
+pub use extract::{Admin, ClientIp, JsonBody, PageQuery, Principal, Root, parse_json};
 
 use axum::Json;
 use axum::Router;
@@ -32,6 +34,8 @@ pub fn router() -> Router<SharedState> {
         .merge(token::router())
         .merge(option::router())
         .merge(redemption::router())
+        .merge(channel::router())
+        .merge(log::router())
 }
 
 /// Errors a management handler can answer with.

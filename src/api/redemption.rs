@@ -116,7 +116,10 @@ async fn update(
         return Err(ApiError::refused("id is required"));
     };
     let mut r = state.store.redemption_by_id(id).await?;
-    let status_only = so.status_only.as_deref().is_some_and(|v| !v.is_empty());
+    let status_only = so
+        .status_only
+        .as_deref()
+        .is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
     if !status_only {
         if let Some(n) = &b.name {
             r.name = check_name(n)?;

@@ -293,7 +293,12 @@ async fn create(
     ok(TokenView::new(&t, body))
 }
 
-async fn list(State(state): State<SharedState>, p: Principal, q: PageQuery) -> ApiResult {
+async fn list(
+    State(state): State<SharedState>,
+    p: Principal,
+    ClientIp(ip): ClientIp,
+    q: PageQuery,
+) -> ApiResult {
     let owner = list_scope(&p, &q);
     let (tokens, total) = state
         .store
@@ -303,24 +308,54 @@ async fn list(State(state): State<SharedState>, p: Principal, q: PageQuery) -> A
         .iter()
         .map(|t| masked(&state, t))
         .collect::<ApiResult<Vec<_>>>()?;
+    audit_foreign_listing(&state, &p, owner, "token.admin_list", "listed", &ip).await?;
     page(items, total, &q)
 }
 
-/// Root without `user_id` sees every user's tokens (as new-api); with it, one
-/// user's. Anyone else sees their own.
+/// Root with `user_id` sees that user's tokens; everyone else (root without
+/// `user_id` included, as new-api's "my tokens" page) sees their own.
 fn list_scope(p: &Principal, q: &PageQuery) -> Owner {
-    if p.is_root() {
-        match q.int("user_id") {
-            Some(uid) if uid > 0 => Owner::User(uid),
-            _ => Owner::Any,
-        }
-    } else {
-        Owner::User(p.user.id)
+    match q.int("user_id") {
+        Some(uid) if uid > 0 && p.is_root() => Owner::User(uid),
+        _ => Owner::User(p.user.id),
     }
 }
 
-async fn search(State(state): State<SharedState>, p: Principal, q: PageQuery) -> ApiResult {
+/// Root listing or searching another user's tokens writes a manage row.
+async fn audit_foreign_listing(
+    state: &SharedState,
+    p: &Principal,
+    owner: Owner,
+    action: &str,
+    verb: &str,
+    ip: &std::net::IpAddr,
+) -> ApiResult<()> {
+    let Owner::User(uid) = owner else {
+        return Ok(());
+    };
+    if uid == p.user.id {
+        return Ok(());
+    }
+    audit(
+        state,
+        p,
+        uid,
+        action,
+        format!("{} {verb} the tokens of user id {uid}", p.user.username),
+        json!({}),
+        &ip.to_string(),
+    )
+    .await
+}
+
+async fn search(
+    State(state): State<SharedState>,
+    p: Principal,
+    ClientIp(ip): ClientIp,
+    q: PageQuery,
+) -> ApiResult {
     let owner = list_scope(&p, &q);
+    audit_foreign_listing(&state, &p, owner, "token.admin_search", "searched", &ip).await?;
     let keyword = q.param("keyword");
     let key_part = q
         .param("token")
@@ -376,11 +411,28 @@ async fn search(State(state): State<SharedState>, p: Principal, q: PageQuery) ->
 async fn get_one(
     State(state): State<SharedState>,
     p: Principal,
+    ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
     let t = state.store.token_by_id(id, scope(&p)).await?;
-    ok(masked(&state, &t)?)
+    let view = masked(&state, &t)?;
+    if t.user_id != p.user.id {
+        audit(
+            &state,
+            &p,
+            t.user_id,
+            "token.admin_get",
+            format!(
+                "{} viewed token '{}' (id {}) of user id {}",
+                p.user.username, t.name, t.id, t.user_id
+            ),
+            json!({"token_id": t.id, "token_name": t.name}),
+            &ip.to_string(),
+        )
+        .await?;
+    }
+    ok(view)
 }
 
 /// Parses a path id; anything else is refused like a missing record.
@@ -444,7 +496,7 @@ async fn update(
         return Err(ApiError::refused("status is required with status_only"));
     }
     state.store.update_token(&next).await?;
-    token_changed(&state, &next);
+    token_changed(&state, &next).await;
     if next.user_id != p.user.id {
         audit(
             &state,
@@ -464,7 +516,12 @@ async fn update(
 }
 
 /// Hook for every token write: drops cached copies so the relay obeys it.
-fn token_changed(_state: &SharedState, _t: &Token) {}
+async fn token_changed(state: &SharedState, t: &Token) {
+    state.caches.invalidate_token(&t.key_hash).await;
+    if let Err(e) = state.bank.reload_token(&state.store, t.id).await {
+        tracing::error!(error = %e, token = t.id, "could not reload a token balance");
+    }
+}
 
 async fn delete_one(
     State(state): State<SharedState>,
@@ -477,7 +534,7 @@ async fn delete_one(
     let Some(t) = deleted.first() else {
         return Err(ApiError::refused("record not found"));
     };
-    token_changed(&state, t);
+    token_changed(&state, t).await;
     if t.user_id != p.user.id {
         audit(
             &state,
@@ -523,7 +580,7 @@ async fn batch_delete(
     let ids = batch_ids(b)?;
     let deleted = state.store.delete_tokens(&ids, scope(&p)).await?;
     for t in &deleted {
-        token_changed(&state, t);
+        token_changed(&state, t).await;
         if t.user_id != p.user.id {
             audit(
                 &state,

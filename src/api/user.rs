@@ -263,9 +263,25 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2x1aWNlLWR1bW15LXNhbHQ
 
 /// Logging out clears the cookie and ends every session of the user:
 /// sessions are stateless signed cookies, so the auth version is what revokes.
-async fn logout(State(state): State<SharedState>, p: Option<Principal>) -> ApiResult {
+async fn logout(
+    State(state): State<SharedState>,
+    headers: axum::http::HeaderMap,
+    p: Option<Principal>,
+) -> ApiResult {
     if let Some(p) = p {
         state.store.bump_auth_version(p.user.id).await?;
+    } else if let Some(s) = axum_extra::extract::CookieJar::from_headers(&headers)
+        .get(session::COOKIE_NAME)
+        .and_then(|c| session::decode(&state.secrets, c.value(), now()))
+    {
+        // A browser logging out without New-Api-User (new-api's logout needs
+        // none) still ends its session; a cookie of an older auth version is
+        // already dead, so only a current one bumps the version.
+        if let Ok(u) = state.store.user_by_id(s.user_id).await
+            && u.auth_version == s.auth_version
+        {
+            state.store.bump_auth_version(u.id).await?;
+        }
     }
     let mut resp = ok_empty()?;
     resp.headers_mut()
@@ -411,7 +427,7 @@ async fn topup(
         .await;
     match res {
         Ok(q) => {
-            crate::api::misc::user_changed(&state, user.id);
+            crate::api::misc::user_changed(&state, user.id).await;
             ok(q)
         }
         Err(RedeemError::Store(e)) => Err(e.into()),
@@ -421,20 +437,28 @@ async fn topup(
 
 // ---- admin ----
 
-async fn list(State(state): State<SharedState>, _a: Admin, q: PageQuery) -> ApiResult {
+/// Root sees every user; an administrator only those they may manage (a
+/// lower role), so equal and higher roles stay as invisible to them as a
+/// missing id.
+fn visible_below(a: &Principal) -> Option<i64> {
+    (!a.is_root()).then_some(a.user.role)
+}
+
+async fn list(State(state): State<SharedState>, Admin(a): Admin, q: PageQuery) -> ApiResult {
     let (users, total) = state
         .store
-        .list_users(None, None, q.offset(), q.page_size)
+        .list_users(None, None, visible_below(&a), q.offset(), q.page_size)
         .await?;
     page(users.iter().map(UserView::from).collect(), total, &q)
 }
 
-async fn search(State(state): State<SharedState>, _a: Admin, q: PageQuery) -> ApiResult {
+async fn search(State(state): State<SharedState>, Admin(a): Admin, q: PageQuery) -> ApiResult {
     let (users, total) = state
         .store
         .list_users(
             q.param("keyword"),
             q.param("group"),
+            visible_below(&a),
             q.offset(),
             q.page_size,
         )
@@ -442,13 +466,18 @@ async fn search(State(state): State<SharedState>, _a: Admin, q: PageQuery) -> Ap
     page(users.iter().map(UserView::from).collect(), total, &q)
 }
 
-/// Loads a user the actor may act on: one of a strictly lower role.
+/// Loads a user the actor may act on: one of a strictly lower role. A user
+/// of an equal or higher role answers exactly as a missing id does (SPEC §2),
+/// except the actor's own account, which is refused by name.
 async fn target(state: &SharedState, actor: &User, id: i64) -> ApiResult<User> {
+    if id == actor.id {
+        return Err(ApiError::refused(
+            "id: you cannot manage your own account here; use /api/user/self",
+        ));
+    }
     let u = state.store.user_by_id(id).await?;
     if !outranks(actor, &u) {
-        return Err(ApiError::Forbidden(
-            "no permission to act on a user of equal or higher role".into(),
-        ));
+        return Err(crate::store::StoreError::NotFound.into());
     }
     Ok(u)
 }
@@ -459,7 +488,7 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let u = if a.is_root() {
+    let u = if a.is_root() || id == a.user.id {
         state.store.user_by_id(id).await?
     } else {
         target(&state, &a.user, id).await?
@@ -596,7 +625,7 @@ async fn update(
         .update_user(id, &patch)
         .await
         .on_unique("username is already taken")?;
-    crate::api::misc::user_changed(&state, id);
+    crate::api::misc::user_changed(&state, id).await;
     if u.id != a.user.id {
         let mut detail = json!({});
         if let Some(q) = patch.quota.filter(|q| *q != u.quota) {
@@ -626,7 +655,7 @@ async fn delete_one(
     let id = parse_id(&id)?;
     let u = target(&state, &a.user, id).await?;
     state.store.delete_user(id).await?;
-    crate::api::misc::user_changed(&state, id);
+    crate::api::misc::user_changed(&state, id).await;
     audit(
         &state,
         &a,
@@ -691,7 +720,7 @@ async fn manage(
     } else {
         state.store.update_user(id, &patch).await?;
     }
-    crate::api::misc::user_changed(&state, id);
+    crate::api::misc::user_changed(&state, id).await;
     audit(
         &state,
         &a,

@@ -34,6 +34,19 @@ pub fn parse_model_limits(s: &str) -> Result<Vec<String>, String> {
     if names.iter().any(|m| m.is_empty()) {
         return Err("model_limits contains an empty model name".into());
     }
+    // A model name never holds JSON punctuation, commas or blanks: such an
+    // entry means a malformed list (a JSON object, a half-quoted array, …).
+    if let Some(bad) = names.iter().find(|m| {
+        m.chars().any(|c| {
+            matches!(c, '"' | '\'' | '[' | ']' | '{' | '}' | ',')
+                || c.is_whitespace()
+                || c.is_control()
+        })
+    }) {
+        return Err(format!(
+            "model_limits: '{bad}' is not a model name; give a JSON array of names or a comma-separated list"
+        ));
+    }
     Ok(names)
 }
 
@@ -81,6 +94,9 @@ mod tests {
         assert!(parse_model_limits("a,,b").is_err());
         assert!(parse_model_limits("[1,2]").is_err());
         assert!(parse_model_limits(r#"["a", ""]"#).is_err());
+        assert!(parse_model_limits(r#"{"a":true}"#).is_err());
+        assert!(parse_model_limits(r#"["a,b"]"#).is_err());
+        assert!(parse_model_limits("a b,c").is_err());
     }
 
     #[test]

@@ -63,6 +63,22 @@ pub struct Config {
     /// Size of the database connection pool.
     #[arg(long, env = "SQL_MAX_CONNECTIONS", default_value_t = 16)]
     pub sql_max_connections: u32,
+    /// Upstream connect timeout, milliseconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upstream_connect_timeout_ms: u64,
+    /// Time allowed for an upstream to start answering, milliseconds.
+    #[arg(
+        long,
+        env = "UPSTREAM_FIRST_BYTE_TIMEOUT_MS",
+        default_value_t = 300_000
+    )]
+    pub upstream_first_byte_timeout_ms: u64,
+    /// Longest silence allowed inside an upstream response, milliseconds.
+    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub upstream_idle_timeout_ms: u64,
+    /// Ledger batch window, milliseconds (at most this much is lost on SIGKILL).
+    #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = 50)]
+    pub ledger_window_ms: u64,
 }
 
 impl Default for Config {
@@ -81,11 +97,30 @@ impl Default for Config {
             log_level: "info".into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             sql_max_connections: 16,
+            upstream_connect_timeout_ms: 10_000,
+            upstream_first_byte_timeout_ms: 300_000,
+            upstream_idle_timeout_ms: 300_000,
+            ledger_window_ms: 50,
         }
     }
 }
 
 impl Config {
+    /// Upstream connect timeout.
+    pub fn upstream_connect(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+
+    /// Time allowed for an upstream to send its response head.
+    pub fn upstream_first_byte(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.upstream_first_byte_timeout_ms)
+    }
+
+    /// Longest silence inside an upstream body.
+    pub fn upstream_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.upstream_idle_timeout_ms)
+    }
+
     /// The database URL: `SQL_DSN`, or the SQLite file in the data directory.
     pub fn database_url(&self) -> String {
         match &self.sql_dsn {

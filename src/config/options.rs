@@ -21,6 +21,7 @@ pub mod keys {
     pub const COMPLETION_RATIO: &str = "CompletionRatio";
     pub const GROUP_RATIO: &str = "GroupRatio";
     pub const MODEL_PRICE: &str = "ModelPrice";
+    pub const CACHE_RATIO: &str = "CacheRatio";
     pub const USER_USABLE_GROUPS: &str = "UserUsableGroups";
     pub const QUOTA_PER_UNIT: &str = "QuotaPerUnit";
     pub const RETRY_TIMES: &str = "RetryTimes";
@@ -55,7 +56,7 @@ enum Kind {
 fn kind_of(key: &str) -> Option<Kind> {
     use keys::*;
     Some(match key {
-        MODEL_RATIO | COMPLETION_RATIO | GROUP_RATIO | MODEL_PRICE => Kind::NumberMap,
+        MODEL_RATIO | COMPLETION_RATIO | GROUP_RATIO | MODEL_PRICE | CACHE_RATIO => Kind::NumberMap,
         USER_USABLE_GROUPS => Kind::StringMap,
         AUTO_DISABLE_CHANNEL
         | AUTO_ENABLE_CHANNEL
@@ -158,6 +159,8 @@ struct DefaultRatios {
     completion_ratio: HashMap<String, f64>,
     #[serde(default)]
     model_price: HashMap<String, f64>,
+    #[serde(default)]
+    cache_ratio: HashMap<String, f64>,
 }
 
 /// Default string values for the options sluice understands.
@@ -174,6 +177,7 @@ fn defaults() -> BTreeMap<String, String> {
     put(keys::MODEL_RATIO, to_json(&ratios.model_ratio));
     put(keys::COMPLETION_RATIO, to_json(&ratios.completion_ratio));
     put(keys::MODEL_PRICE, to_json(&ratios.model_price));
+    put(keys::CACHE_RATIO, to_json(&ratios.cache_ratio));
     put(
         keys::GROUP_RATIO,
         r#"{"default":1,"vip":1,"svip":1}"#.to_string(),
@@ -207,6 +211,8 @@ pub struct Options {
     pub completion_ratio: HashMap<String, f64>,
     pub group_ratio: HashMap<String, f64>,
     pub model_price: HashMap<String, f64>,
+    /// Price of cached prompt tokens relative to uncached ones, per model.
+    pub cache_ratio: HashMap<String, f64>,
     /// Group → description, for groups any user may put on a token.
     pub user_usable_groups: BTreeMap<String, String>,
     pub quota_per_unit: f64,
@@ -254,6 +260,7 @@ impl Options {
             completion_ratio: num_map(keys::COMPLETION_RATIO),
             group_ratio: num_map(keys::GROUP_RATIO),
             model_price: num_map(keys::MODEL_PRICE),
+            cache_ratio: num_map(keys::CACHE_RATIO),
             user_usable_groups: raw
                 .get(keys::USER_USABLE_GROUPS)
                 .and_then(|v| serde_json::from_str(v).ok())

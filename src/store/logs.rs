@@ -150,30 +150,33 @@ const INSERT_LOG: &str = "INSERT INTO logs (created_at, type, content, user_id, 
     is_stream, ip, group_name, request_id, other) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
+type LogQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
+
+/// Binds one row's values in `INSERT_LOG` column order.
+fn bind_log(q: LogQuery, l: &NewLog) -> LogQuery {
+    q.bind(l.created_at)
+        .bind(l.log_type)
+        .bind(l.content.clone())
+        .bind(l.user_id)
+        .bind(l.username.clone())
+        .bind(l.token_id)
+        .bind(l.token_name.clone())
+        .bind(l.model_name.clone())
+        .bind(l.channel_id)
+        .bind(l.prompt_tokens)
+        .bind(l.completion_tokens)
+        .bind(l.quota)
+        .bind(l.use_time)
+        .bind(l.is_stream as i64)
+        .bind(l.ip.clone())
+        .bind(l.group.clone())
+        .bind(l.request_id.clone())
+        .bind(l.other.clone())
+}
+
 impl Store {
-    fn insert_log_query(
-        &self,
-        l: &NewLog,
-    ) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
-        self.q(INSERT_LOG)
-            .bind(l.created_at)
-            .bind(l.log_type)
-            .bind(l.content.clone())
-            .bind(l.user_id)
-            .bind(l.username.clone())
-            .bind(l.token_id)
-            .bind(l.token_name.clone())
-            .bind(l.model_name.clone())
-            .bind(l.channel_id)
-            .bind(l.prompt_tokens)
-            .bind(l.completion_tokens)
-            .bind(l.quota)
-            .bind(l.use_time)
-            .bind(l.is_stream as i64)
-            .bind(l.ip.clone())
-            .bind(l.group.clone())
-            .bind(l.request_id.clone())
-            .bind(l.other.clone())
+    fn insert_log_query(&self, l: &NewLog) -> LogQuery {
+        bind_log(self.q(INSERT_LOG), l)
     }
 
     /// Inserts one log row on its own.
@@ -189,6 +192,29 @@ impl Store {
         l: &NewLog,
     ) -> StoreResult<()> {
         self.insert_log_query(l).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Inserts many rows with one statement inside a caller's transaction.
+    pub async fn insert_logs_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        rows: &[&NewLog],
+    ) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        let head = INSERT_LOG
+            .split_once("VALUES")
+            .map(|(h, _)| h)
+            .unwrap_or(INSERT_LOG);
+        let sql = format!("{head}VALUES {}", vec![one; rows.len()].join(", "));
+        let mut q = self.q(&sql);
+        for l in rows {
+            q = bind_log(q, l);
+        }
+        q.execute(&mut **tx).await?;
         Ok(())
     }
 

@@ -6,12 +6,14 @@
 //! `docs/decisions.md` for why this is one type rather than a trait with three
 //! implementations.
 
+mod channels;
 mod logs;
 mod options;
 mod redemptions;
 mod tokens;
 mod users;
 
+pub use channels::*;
 pub use logs::*;
 pub use redemptions::*;
 pub use tokens::*;
@@ -96,6 +98,14 @@ impl Dialect {
             Dialect::Sqlite => format!("COALESCE(SUM({expr}),0)"),
             Dialect::Postgres => format!("CAST(COALESCE(SUM({expr}),0) AS BIGINT)"),
             Dialect::Mysql => format!("CAST(COALESCE(SUM({expr}),0) AS SIGNED)"),
+        }
+    }
+
+    /// String concatenation (MySQL's `||` is a logical OR).
+    pub fn concat(self, parts: &[&str]) -> String {
+        match self {
+            Dialect::Mysql => format!("CONCAT({})", parts.join(", ")),
+            Dialect::Sqlite | Dialect::Postgres => parts.join(" || "),
         }
     }
 

@@ -328,3 +328,16 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// A token's stored `remain_quota` (the quota bank seeds from it).
+    pub async fn token_remain(&self, id: i64) -> StoreResult<i64> {
+        let row = self
+            .q("SELECT remain_quota FROM tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(row.try_get(0)?)
+    }
+}

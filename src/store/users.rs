@@ -138,16 +138,23 @@ impl Store {
     }
 
     /// A page of users, newest first; optional keyword (username, display
-    /// name, email substring or exact id) and group filter.
+    /// name, email substring or exact id) and group filter. With
+    /// `role_below`, only users whose role is strictly lower are seen (what
+    /// an administrator may manage).
     pub async fn list_users(
         &self,
         keyword: Option<&str>,
         group: Option<&str>,
+        role_below: Option<i64>,
         offset: i64,
         limit: i64,
     ) -> StoreResult<(Vec<User>, i64)> {
         let mut filter = String::from(" WHERE 1=1");
         let mut args: Vec<FilterArg> = Vec::new();
+        if let Some(r) = role_below {
+            filter.push_str(" AND role < ?");
+            args.push(FilterArg::Int(r));
+        }
         if let Some(kw) = keyword.map(str::trim).filter(|k| !k.is_empty()) {
             let pat = like_contains(&kw.to_lowercase());
             filter.push_str(
@@ -305,5 +312,18 @@ impl FilterArg {
             FilterArg::Int(i) => q.bind(*i),
             FilterArg::Text(s) => q.bind(s.clone()),
         }
+    }
+}
+
+impl Store {
+    /// A user's stored `quota` (the quota bank seeds from it).
+    pub async fn user_quota(&self, id: i64) -> StoreResult<i64> {
+        let row = self
+            .q("SELECT quota FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(row.try_get(0)?)
     }
 }

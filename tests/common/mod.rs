@@ -4,6 +4,8 @@
 //! over HTTP like a client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod relay;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -405,4 +407,89 @@ pub async fn snapshot(store: &sluice::store::Store) -> Value {
         out.insert(table.to_string(), Value::Array(list));
     }
     Value::Object(out)
+}
+
+impl TestServer {
+    /// Creates a user directly in the store (no password hashing, so fast; the
+    /// user cannot log in with a password) and returns a caller for it.
+    pub async fn fast_user(&self, username: &str, role: i64) -> Caller {
+        let token = sluice::auth::keys::new_access_token();
+        let id = self
+            .store()
+            .create_user(&sluice::store::NewUser {
+                username: username.into(),
+                password_hash: "!".into(),
+                display_name: username.into(),
+                role,
+                group: "default".into(),
+                quota: 0,
+                access_token_hash: Some(sluice::auth::keys::lookup_hash(&token)),
+            })
+            .await
+            .unwrap();
+        Caller { id, token }
+    }
+
+    /// A request without any credentials.
+    pub fn anon(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    /// Sets an option as root and asserts it was accepted.
+    pub async fn set_option(&self, key: &str, value: &str) {
+        self.put(
+            &self.root(),
+            "/api/option/",
+            json!({"key": key, "value": value}),
+        )
+        .await
+        .ok();
+    }
+
+    /// Every manage-type (3) log row, newest first.
+    pub async fn manage_logs(&self) -> Vec<sluice::store::LogRow> {
+        let f = sluice::store::LogFilter {
+            log_type: Some(3),
+            ..Default::default()
+        };
+        self.store().list_logs(&f, 0, 1000).await.unwrap().0
+    }
+
+    /// The stored token row, as a map of column name to value.
+    pub async fn token_row(&self, id: i64) -> serde_json::Map<String, Value> {
+        use sqlx::{Column, Row};
+        let sql = self
+            .store()
+            .dialect()
+            .sql("SELECT * FROM tokens WHERE id = ?");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(self.store().pool())
+            .await
+            .unwrap();
+        let mut m = serde_json::Map::new();
+        for i in 0..r.len() {
+            let v = r
+                .try_get::<i64, _>(i)
+                .map(Value::from)
+                .or_else(|_| r.try_get::<String, _>(i).map(Value::from))
+                .unwrap_or(Value::Null);
+            m.insert(r.column(i).name().to_string(), v);
+        }
+        m
+    }
+}
+
+/// Asserts a refused write: HTTP 200, `success:false`, a message naming
+/// `field`, and nothing in the database changed.
+#[macro_export]
+macro_rules! assert_refused_unchanged {
+    ($ts:expr, $field:expr, $call:expr) => {{
+        let before = $crate::common::snapshot($ts.store()).await;
+        let r = $call.await;
+        r.refused($field);
+        let after = $crate::common::snapshot($ts.store()).await;
+        assert_eq!(before, after, "a refused write changed the database");
+        r
+    }};
 }

@@ -1,0 +1,253 @@
+//! The quota bank: live balances for tokens and users, reserved before a call
+//! is forwarded and settled after it (SPEC §6).
+//!
+//! For each account the bank knows three numbers:
+//! - `db`: the balance as last committed to the database,
+//! - `unflushed`: settled charges the ledger writer has not committed yet,
+//! - `reserved`: charges of calls in flight.
+//!
+//! `available = db − unflushed − reserved`. A reservation succeeds only if it
+//! fits in `available` (check-and-add under the account's lock), so calls that
+//! reserve their worst case can never overspend together. Reservations are
+//! never persisted: a crash forgets them, it cannot leak them.
+//!
+//! Reading `db` from the database (first use, or after an admin change) and
+//! the ledger writer's commit-then-update are serialised by [`LocalBank::sync`],
+//! so `db` and `unflushed` always describe the same moment. The hot path never
+//! takes that lock.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Default)]
+struct Account {
+    db: i64,
+    unflushed: i64,
+    reserved: i64,
+}
+
+impl Account {
+    fn available(&self) -> i64 {
+        self.db
+            .saturating_sub(self.unflushed)
+            .saturating_sub(self.reserved)
+    }
+}
+
+type Accounts = DashMap<i64, Arc<Mutex<Account>>>;
+
+/// Which balance refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the token's quota is insufficient for this request")]
+    Token,
+    #[error("the user's quota is insufficient for this request")]
+    User,
+}
+
+/// Errors from the bank.
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Quota held for one call. Settle it with [`LocalBank::settle`]; dropping it
+/// unsettled refunds everything (a cancelled call costs nothing).
+#[derive(Debug)]
+pub struct Reservation {
+    token: Option<Arc<Mutex<Account>>>,
+    user: Arc<Mutex<Account>>,
+    amount: i64,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Quota held.
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Some(t) = &self.token {
+                t.lock().reserved -= self.amount;
+            }
+            self.user.lock().reserved -= self.amount;
+        }
+    }
+}
+
+/// The in-process bank (one replica).
+#[derive(Default)]
+pub struct LocalBank {
+    tokens: Accounts,
+    users: Accounts,
+    /// Serialises database reads of balances with ledger commits.
+    pub sync: tokio::sync::Mutex<()>,
+}
+
+/// Per-account amounts the ledger writer committed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub tokens: Vec<(i64, i64)>,
+    pub users: Vec<(i64, i64)>,
+}
+
+impl LocalBank {
+    async fn account(
+        &self,
+        map: &Accounts,
+        id: i64,
+        load: impl std::future::Future<Output = Result<i64, StoreError>>,
+    ) -> Result<Arc<Mutex<Account>>, StoreError> {
+        if let Some(a) = map.get(&id) {
+            return Ok(a.clone());
+        }
+        let _g = self.sync.lock().await;
+        if let Some(a) = map.get(&id) {
+            return Ok(a.clone());
+        }
+        let db = load.await?;
+        let acct = Arc::new(Mutex::new(Account {
+            db,
+            ..Account::default()
+        }));
+        map.insert(id, acct.clone());
+        Ok(acct)
+    }
+
+    async fn token_account(
+        &self,
+        store: &Store,
+        id: i64,
+    ) -> Result<Arc<Mutex<Account>>, StoreError> {
+        self.account(&self.tokens, id, store.token_remain(id)).await
+    }
+
+    async fn user_account(
+        &self,
+        store: &Store,
+        id: i64,
+    ) -> Result<Arc<Mutex<Account>>, StoreError> {
+        self.account(&self.users, id, store.user_quota(id)).await
+    }
+
+    /// The token's available quota.
+    pub async fn token_available(&self, store: &Store, id: i64) -> Result<i64, StoreError> {
+        Ok(self.token_account(store, id).await?.lock().available())
+    }
+
+    /// The user's available quota.
+    pub async fn user_available(&self, store: &Store, id: i64) -> Result<i64, StoreError> {
+        Ok(self.user_account(store, id).await?.lock().available())
+    }
+
+    /// Holds `amount` from the token (unless `token` is `None`: unlimited) and
+    /// from the user, atomically per account; all or nothing.
+    pub async fn reserve(
+        &self,
+        store: &Store,
+        token: Option<i64>,
+        user: i64,
+        amount: i64,
+    ) -> Result<Reservation, BankError> {
+        let amount = amount.max(0);
+        let token_acct = match token {
+            Some(id) => Some(self.token_account(store, id).await?),
+            None => None,
+        };
+        let user_acct = self.user_account(store, user).await?;
+        if let Some(t) = &token_acct {
+            let mut a = t.lock();
+            if a.available() < amount || a.available() <= 0 {
+                return Err(Refusal::Token.into());
+            }
+            a.reserved += amount;
+        }
+        {
+            let mut u = user_acct.lock();
+            if u.available() < amount || u.available() <= 0 {
+                drop(u);
+                if let Some(t) = &token_acct {
+                    t.lock().reserved -= amount;
+                }
+                return Err(Refusal::User.into());
+            }
+            u.reserved += amount;
+        }
+        Ok(Reservation {
+            token: token_acct,
+            user: user_acct,
+            amount,
+            settled: false,
+        })
+    }
+
+    /// Replaces the reservation by the real charge (which the ledger writer
+    /// will commit). Returns the token's remaining quota, if it is limited.
+    pub fn settle(&self, mut r: Reservation, charge: i64) -> Option<i64> {
+        r.settled = true;
+        let charge = charge.max(0);
+        let left = r.token.as_ref().map(|t| {
+            let mut a = t.lock();
+            a.reserved -= r.amount;
+            a.unflushed += charge;
+            a.available()
+        });
+        let mut u = r.user.lock();
+        u.reserved -= r.amount;
+        u.unflushed += charge;
+        left
+    }
+
+    /// Called by the ledger writer, holding [`LocalBank::sync`], right after
+    /// it committed these charges.
+    pub fn committed(&self, c: &Committed) {
+        for (map, list) in [(&self.tokens, &c.tokens), (&self.users, &c.users)] {
+            for (id, amount) in list {
+                if let Some(a) = map.get(id) {
+                    let mut a = a.lock();
+                    a.db -= amount;
+                    a.unflushed -= amount;
+                }
+            }
+        }
+    }
+
+    /// Re-reads a token's balance after an admin change.
+    pub async fn reload_token(&self, store: &Store, id: i64) -> Result<(), StoreError> {
+        let _g = self.sync.lock().await;
+        let Some(a) = self.tokens.get(&id).map(|a| a.clone()) else {
+            return Ok(());
+        };
+        match store.token_remain(id).await {
+            Ok(db) => a.lock().db = db,
+            Err(StoreError::NotFound) => a.lock().db = 0,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Re-reads a user's balance after an admin change or a top-up.
+    pub async fn reload_user(&self, store: &Store, id: i64) -> Result<(), StoreError> {
+        let _g = self.sync.lock().await;
+        let Some(a) = self.users.get(&id).map(|a| a.clone()) else {
+            return Ok(());
+        };
+        match store.user_quota(id).await {
+            Ok(db) => a.lock().db = db,
+            Err(StoreError::NotFound) => a.lock().db = 0,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}

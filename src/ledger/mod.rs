@@ -1,0 +1,303 @@
+//! The ledger (SPEC §8): log rows and the balance changes they imply, written
+//! by one batch writer.
+//!
+//! Calls put their row on a bounded queue and go on; the writer commits a
+//! batch (every [`LedgerConfig::window`] or [`LedgerConfig::max_batch`] rows) in
+//! ONE transaction that inserts the rows and moves `tokens`, `users` and
+//! `channels` balances by the same sums — so the ledger and the balances can
+//! never disagree. A full queue makes callers wait (backpressure), it never
+//! drops. If the database fails, the writer keeps the batch and retries.
+//!
+//! Durability: on SIGTERM the queue is drained and committed before exit. On
+//! SIGKILL (or power loss) what is lost is what was queued or in the batch
+//! being written: at most `window` of traffic (50 ms by default), rows and
+//! balances alike, never one without the other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::billing::bank::{Committed, LocalBank};
+use crate::store::{NewLog, Store, StoreError};
+
+/// A settled call: its row and who pays.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub log: NewLog,
+    pub token_id: i64,
+    /// Whether the token's `remain_quota` moves (false for unlimited tokens).
+    pub token_limited: bool,
+    pub user_id: i64,
+    pub channel_id: i64,
+    pub quota: i64,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub enum Entry {
+    /// A billed call.
+    Charge(Box<Charge>),
+    /// A row with no balance effect (errors, system notes).
+    Log(Box<NewLog>),
+    /// A system status change of a token (expired → 3).
+    TokenStatus { id: i64, status: i64 },
+    /// Commit everything queued so far, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writer tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerConfig {
+    pub queue: usize,
+    pub max_batch: usize,
+    pub window: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            queue: 20_000,
+            max_batch: 1000,
+            window: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Handle to the ledger queue.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Entry>,
+}
+
+impl Ledger {
+    /// Starts the writer on `tracker`; it drains and stops when `stop` fires.
+    pub fn start(
+        store: Store,
+        bank: Arc<LocalBank>,
+        cfg: LedgerConfig,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Ledger {
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        tracker.spawn(writer(store, bank, cfg, rx, stop));
+        Ledger { tx }
+    }
+
+    /// Queues an entry, waiting if the queue is full.
+    pub async fn record(&self, e: Entry) {
+        if self.tx.send(e).await.is_err() {
+            tracing::error!("ledger writer has stopped; entry lost");
+        }
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.record(Entry::Flush(tx)).await;
+        let _ = rx.await;
+    }
+
+    /// Entries waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+async fn writer(
+    store: Store,
+    bank: Arc<LocalBank>,
+    cfg: LedgerConfig,
+    mut rx: mpsc::Receiver<Entry>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Entry> = Vec::with_capacity(cfg.max_batch);
+    let mut stopping = false;
+    loop {
+        if batch.is_empty() {
+            let first = tokio::select! {
+                e = rx.recv() => e,
+                _ = stop.cancelled(), if !stopping => {
+                    // Refuse new entries, then drain what is queued.
+                    stopping = true;
+                    rx.close();
+                    continue;
+                }
+            };
+            match first {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        }
+        // Gather more until the batch is full, a flush is asked, or the window ends.
+        let deadline = tokio::time::Instant::now() + cfg.window;
+        while batch.len() < cfg.max_batch && !matches!(batch.last(), Some(Entry::Flush(_))) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        commit_with_retry(&store, &bank, &mut batch, &stop).await;
+        batch.clear();
+    }
+    tracing::info!("ledger writer drained and stopped");
+}
+
+async fn commit_with_retry(
+    store: &Store,
+    bank: &LocalBank,
+    batch: &mut Vec<Entry>,
+    stop: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut attempts_after_stop = 0;
+    loop {
+        match commit(store, bank, batch).await {
+            Ok(()) => break,
+            Err(e) => {
+                if stop.is_cancelled() {
+                    attempts_after_stop += 1;
+                    // Shutting down with the database gone: give it ~30 s.
+                    if attempts_after_stop > 60 {
+                        let rows = batch
+                            .iter()
+                            .filter(|e| matches!(e, Entry::Charge(_) | Entry::Log(_)))
+                            .count();
+                        tracing::error!(error = %e, rows, "ledger batch lost at shutdown: database unreachable");
+                        break;
+                    }
+                }
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ledger commit failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                if stop.is_cancelled() {
+                    delay = Duration::from_millis(500);
+                }
+            }
+        }
+    }
+    for e in batch.drain(..) {
+        if let Entry::Flush(tx) = e {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sums {
+    quota: i64,
+    limited: i64,
+    count: i64,
+    last: i64,
+}
+
+/// Commits one batch in one transaction, then tells the bank.
+async fn commit(store: &Store, bank: &LocalBank, batch: &[Entry]) -> Result<(), StoreError> {
+    let mut logs: Vec<&NewLog> = Vec::new();
+    let mut tokens: HashMap<i64, Sums> = HashMap::new();
+    let mut users: HashMap<i64, Sums> = HashMap::new();
+    let mut channels: HashMap<i64, Sums> = HashMap::new();
+    let mut statuses: Vec<(i64, i64)> = Vec::new();
+    for e in batch {
+        match e {
+            Entry::Charge(c) => {
+                logs.push(&c.log);
+                let t = tokens.entry(c.token_id).or_default();
+                t.quota += c.quota;
+                if c.token_limited {
+                    t.limited += c.quota;
+                }
+                t.count += 1;
+                t.last = t.last.max(c.log.created_at);
+                let u = users.entry(c.user_id).or_default();
+                u.quota += c.quota;
+                u.count += 1;
+                if c.channel_id > 0 {
+                    let ch = channels.entry(c.channel_id).or_default();
+                    ch.quota += c.quota;
+                    ch.count += 1;
+                }
+            }
+            Entry::Log(l) => logs.push(l),
+            Entry::TokenStatus { id, status } => statuses.push((*id, *status)),
+            Entry::Flush(_) => {}
+        }
+    }
+    if logs.is_empty() && statuses.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.pool().begin().await?;
+    for chunk in logs.chunks(200) {
+        store.insert_logs_in(&mut tx, chunk).await?;
+    }
+    for (id, s) in &tokens {
+        // `status` first: MySQL evaluates SET left to right with new values.
+        store
+            .q("UPDATE tokens SET \
+                status = CASE WHEN status = 1 AND unlimited_quota = 0 AND remain_quota - ? <= 0 THEN 4 ELSE status END, \
+                remain_quota = remain_quota - ?, used_quota = used_quota + ?, \
+                request_count = request_count + ?, accessed_time = ? WHERE id = ?")
+            .bind(s.limited)
+            .bind(s.limited)
+            .bind(s.quota)
+            .bind(s.count)
+            .bind(s.last)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (id, s) in &users {
+        store
+            .q(
+                "UPDATE users SET quota = quota - ?, used_quota = used_quota + ?, \
+                request_count = request_count + ? WHERE id = ?",
+            )
+            .bind(s.quota)
+            .bind(s.quota)
+            .bind(s.count)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (id, s) in &channels {
+        store
+            .q("UPDATE channels SET used_quota = used_quota + ?, request_count = request_count + ? WHERE id = ?")
+            .bind(s.quota)
+            .bind(s.count)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (id, status) in &statuses {
+        store
+            .q("UPDATE tokens SET status = ? WHERE id = ? AND status = 1")
+            .bind(*status)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Commit and update the bank as one step for anyone reading balances.
+    let _g = bank.sync.lock().await;
+    tx.commit().await?;
+    bank.committed(&Committed {
+        tokens: tokens
+            .iter()
+            .filter(|(_, s)| s.limited != 0)
+            .map(|(id, s)| (*id, s.limited))
+            .collect(),
+        users: users.iter().map(|(id, s)| (*id, s.quota)).collect(),
+    });
+    Ok(())
+}
+
+/// Rows in the ledger (for tests and health checks).
+pub async fn count_rows(store: &Store) -> Result<i64, StoreError> {
+    Ok(sqlx::query("SELECT COUNT(*) FROM logs")
+        .fetch_one(store.pool())
+        .await?
+        .try_get(0)?)
+}

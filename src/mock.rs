@@ -1,0 +1,435 @@
+//! A mock upstream provider, used by the tests and the benchmark alike.
+//!
+//! It speaks OpenAI's chat, completions, embeddings and models (JSON and SSE).
+//! What it does is chosen by the API key it is called with, so each channel
+//! of a test can behave differently:
+//!
+//! | key | behaviour |
+//! |---|---|
+//! | anything else | answers normally |
+//! | `fail-<status>` | answers `<status>` with an OpenAI error body |
+//! | `insufficient-quota` | 429 with code `insufficient_quota` |
+//! | `slow-<ms>` | waits `<ms>` before answering |
+//! | `hang` | never answers |
+//! | `garbage` | 200 with a body that is not JSON |
+//! | `truncate` | streams two events, then cuts the connection |
+//! | `stall-<ms>` | streams one event, then is silent for `<ms>` |
+//! | `no-usage` | never reports usage |
+//!
+//! Usage is fixed: [`PROMPT_TOKENS`] in, and `min(max_tokens, COMPLETION_TOKENS)`
+//! out, so tests can compute exact costs.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// Prompt tokens every mock answer reports.
+pub const PROMPT_TOKENS: i64 = 10;
+/// Completion tokens a mock answer reports when `max_tokens` allows.
+pub const COMPLETION_TOKENS: i64 = 20;
+/// Content chunks in a mock stream.
+pub const STREAM_CHUNKS: usize = 5;
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub key: String,
+    pub path: String,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+/// Shared mock state: what it has seen.
+#[derive(Default)]
+pub struct MockState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Requests served (cheap counter, also with recording off).
+    pub hits: AtomicU64,
+    /// Skip recording (benchmarks).
+    pub quiet: bool,
+}
+
+impl MockState {
+    /// Requests seen with `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.seen.lock().iter().filter(|s| s.key == key).count()
+    }
+
+    /// The last request seen.
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().last().cloned()
+    }
+}
+
+/// A mock listening on a random loopback port.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+}
+
+impl Mock {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts a mock on `addr` (port 0: any free port) in the background.
+pub async fn start(addr: SocketAddr, quiet: bool) -> std::io::Result<Mock> {
+    let state = Arc::new(MockState {
+        quiet,
+        ..MockState::default()
+    });
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Mock { addr, state })
+}
+
+/// The mock's routes.
+pub fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/completions", post(openai_completions))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/models", get(openai_models))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(openai_chat),
+        )
+        .with_state(state)
+}
+
+/// The key the caller used (OpenAI Bearer, Azure `api-key`, Anthropic
+/// `x-api-key`, Gemini `x-goog-api-key` or `?key=`).
+fn key_of(headers: &HeaderMap) -> String {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    h("authorization")
+        .map(|v| v.trim_start_matches("Bearer ").to_string())
+        .or_else(|| h("api-key"))
+        .or_else(|| h("x-api-key"))
+        .or_else(|| h("x-goog-api-key"))
+        .unwrap_or_default()
+}
+
+/// What the key asks the mock to do.
+#[derive(Debug, Clone, PartialEq)]
+enum Behaviour {
+    Normal,
+    Fail(StatusCode),
+    InsufficientQuota,
+    Slow(Duration),
+    Hang,
+    Garbage,
+    Truncate,
+    Stall(Duration),
+    NoUsage,
+}
+
+fn behaviour(key: &str) -> Behaviour {
+    let ms = |s: &str| Duration::from_millis(s.parse().unwrap_or(100));
+    if let Some(code) = key.strip_prefix("fail-") {
+        return Behaviour::Fail(
+            code.parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        );
+    }
+    if let Some(v) = key.strip_prefix("slow-") {
+        return Behaviour::Slow(ms(v));
+    }
+    if let Some(v) = key.strip_prefix("stall-") {
+        return Behaviour::Stall(ms(v));
+    }
+    match key {
+        "insufficient-quota" => Behaviour::InsufficientQuota,
+        "hang" => Behaviour::Hang,
+        "garbage" => Behaviour::Garbage,
+        "truncate" => Behaviour::Truncate,
+        "no-usage" => Behaviour::NoUsage,
+        _ => Behaviour::Normal,
+    }
+}
+
+fn record(state: &MockState, headers: &HeaderMap, path: &str, body: &Bytes) -> (String, Value) {
+    state.hits.fetch_add(1, Ordering::Relaxed);
+    let key = key_of(headers);
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if !state.quiet {
+        state.seen.lock().push(Seen {
+            key: key.clone(),
+            path: path.to_string(),
+            body: v.clone(),
+            headers: headers.clone(),
+        });
+    }
+    (key, v)
+}
+
+fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"message": message, "type": "mock_error", "code": code}})),
+    )
+        .into_response()
+}
+
+/// Applies the failure behaviours shared by every endpoint; `None` means go
+/// on and answer.
+async fn pre(b: &Behaviour) -> Option<Response> {
+    match b {
+        Behaviour::Fail(s) => Some(openai_error(*s, "mock_failure", "mock failure")),
+        Behaviour::InsufficientQuota => Some(openai_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "You exceeded your current quota",
+        )),
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(*d).await;
+            None
+        }
+        Behaviour::Hang => {
+            std::future::pending::<()>().await;
+            None
+        }
+        Behaviour::Garbage => Some((StatusCode::OK, "<html>not json").into_response()),
+        _ => None,
+    }
+}
+
+fn completion_tokens(req: &Value) -> i64 {
+    let max = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_i64)
+        .unwrap_or(COMPLETION_TOKENS);
+    max.clamp(0, COMPLETION_TOKENS)
+}
+
+fn usage_json(completion: i64) -> Value {
+    json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion,
+        "total_tokens": PROMPT_TOKENS + completion,
+    })
+}
+
+/// Words of the mock's answer.
+fn words(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("word{i} ")).collect()
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+async fn openai_chat(
+    State(st): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (key, req) = record(&st, &headers, "/v1/chat/completions", &body);
+    let b = behaviour(&key);
+    if let Some(r) = pre(&b).await {
+        return r;
+    }
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    let completion = completion_tokens(&req);
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let mut v = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words(STREAM_CHUNKS).concat()}, "finish_reason": "stop"}],
+        });
+        if b != Behaviour::NoUsage {
+            v["usage"] = usage_json(completion);
+        }
+        return axum::Json(v).into_response();
+    }
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        && b != Behaviour::NoUsage;
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![sse(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ))];
+    for w in words(STREAM_CHUNKS) {
+        events.push(sse(&chunk(json!({"content": w}), Value::Null)));
+    }
+    events.push(sse(&chunk(json!({}), json!("stop"))));
+    if include_usage {
+        events.push(sse(
+            &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+            "model": model, "choices": [], "usage": usage_json(completion)}),
+        ));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    stream_events(events, b)
+}
+
+/// Streams events, applying the stream behaviours.
+fn stream_events(events: Vec<Bytes>, b: Behaviour) -> Response {
+    let body = match b {
+        Behaviour::Truncate => {
+            let head: Vec<Result<Bytes, std::io::Error>> =
+                events.into_iter().take(2).map(Ok).collect();
+            let tail = stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("mock cut the stream"))
+            });
+            Body::from_stream(futures_util::StreamExt::chain(stream::iter(head), tail))
+        }
+        Behaviour::Stall(d) => {
+            let mut it = events.into_iter();
+            let first = it.next();
+            let rest: Vec<Bytes> = it.collect();
+            let s = stream::unfold((first, Some(rest), d), |(first, rest, d)| async move {
+                if let Some(f) = first {
+                    return Some((Ok::<Bytes, Infallible>(f), (None, rest, d)));
+                }
+                let rest = rest?;
+                tokio::time::sleep(d).await;
+                Some((Ok(Bytes::from(rest.concat())), (None, None, d)))
+            });
+            Body::from_stream(s)
+        }
+        _ => Body::from_stream(stream::iter(
+            events.into_iter().map(Ok::<Bytes, Infallible>),
+        )),
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn openai_completions(
+    State(st): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (key, req) = record(&st, &headers, "/v1/completions", &body);
+    let b = behaviour(&key);
+    if let Some(r) = pre(&b).await {
+        return r;
+    }
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    let completion = completion_tokens(&req);
+    if req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let include_usage = req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut events: Vec<Bytes> = words(STREAM_CHUNKS)
+            .into_iter()
+            .map(|w| {
+                sse(
+                    &json!({"id": "cmpl-mock", "object": "text_completion", "model": model,
+                "choices": [{"index": 0, "text": w, "finish_reason": null}]}),
+                )
+            })
+            .collect();
+        if include_usage {
+            events.push(sse(
+                &json!({"id": "cmpl-mock", "object": "text_completion", "model": model,
+                "choices": [], "usage": usage_json(completion)}),
+            ));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        return stream_events(events, b);
+    }
+    let mut v = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "text": words(STREAM_CHUNKS).concat(), "finish_reason": "stop"}]});
+    if b != Behaviour::NoUsage {
+        v["usage"] = usage_json(completion);
+    }
+    axum::Json(v).into_response()
+}
+
+async fn openai_embeddings(
+    State(st): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (key, req) = record(&st, &headers, "/v1/embeddings", &body);
+    let b = behaviour(&key);
+    if let Some(r) = pre(&b).await {
+        return r;
+    }
+    let inputs = match req.get("input") {
+        Some(Value::Array(a)) => a.len().max(1),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}))
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": req.get("model").cloned().unwrap_or(Value::Null),
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS},
+    }))
+    .into_response()
+}
+
+async fn openai_models() -> Response {
+    axum::Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviours_from_keys() {
+        assert_eq!(behaviour("ok"), Behaviour::Normal);
+        assert_eq!(
+            behaviour("fail-503"),
+            Behaviour::Fail(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(
+            behaviour("slow-20"),
+            Behaviour::Slow(Duration::from_millis(20))
+        );
+        assert_eq!(behaviour("hang"), Behaviour::Hang);
+    }
+}

@@ -1,0 +1,132 @@
+//! The relay API (SPEC §7): what SDKs call.
+//!
+//! Path of a call: [`gate::admit`] (key, token, IP, user) → read and parse the
+//! body (model, stream, max tokens) → [`gate::admit_model`] → [`pipeline`]
+//! (route, price, reserve, forward with failover, settle) → response in the
+//! caller's dialect. Errors of every step go through [`error::RelayError`].
+
+pub mod error;
+pub mod gate;
+pub mod openai;
+pub mod pipeline;
+pub mod providers;
+pub mod sse;
+pub mod stream;
+pub mod tab;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use tower_http::request_id::RequestId;
+
+use self::error::{Dialect, RelayError, errors};
+use self::gate::Caller;
+use self::providers::Endpoint;
+use crate::state::SharedState;
+
+/// Relay routes.
+pub fn router() -> Router<SharedState> {
+    openai::router()
+}
+
+/// Everything known about a call before it is forwarded.
+pub struct Call {
+    pub caller: Caller,
+    /// The caller's dialect (error shape, response format).
+    pub dialect: Dialect,
+    /// Dialect name for the log (`openai`, `anthropic`, `gemini`, `responses`).
+    pub dialect_name: &'static str,
+    pub endpoint: Endpoint,
+    /// The model the caller asked for (billing and routing use this name).
+    pub model: String,
+    pub stream: bool,
+    /// The body as received.
+    pub body: Bytes,
+    /// An upper bound on prompt tokens (for the reservation).
+    pub prompt_upper: i64,
+    /// Output tokens the caller capped the call at (× n), if it did.
+    pub max_output: Option<i64>,
+    /// Whether the caller itself asked for the in-stream usage chunk.
+    pub wants_stream_usage: bool,
+    pub request_id: String,
+    pub path: String,
+    /// The caller's SDK (first product token of its User-Agent).
+    pub client: String,
+    pub started: Instant,
+}
+
+/// The request id the id layer put on the request.
+pub fn request_id(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The caller's SDK, from its User-Agent (`OpenAI/Python 1.2.3` → `OpenAI/Python`).
+pub fn client_of(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split_whitespace().next())
+        .map(|s| s.chars().take(64).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            RelayError::new(
+                error::Kind::TooLarge,
+                "request_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            errors::bad_request(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+/// An upper bound on the prompt's tokens, without tokenizing: every token is
+/// at least one byte of the body, except inline (data: URL) images, which
+/// count as a fixed allowance instead of their base64 length.
+pub fn prompt_upper_bound(body: &[u8]) -> i64 {
+    const IMAGE_TOKENS: i64 = 2_000;
+    let mut total = body.len() as i64;
+    let finder = memchr::memmem::Finder::new(b"\"data:");
+    let mut at = 0;
+    while let Some(i) = finder.find(&body[at..]) {
+        let start = at + i + 1;
+        let len = memchr::memchr(b'"', &body[start..]).unwrap_or(body.len() - start);
+        total = total - len as i64 + IMAGE_TOKENS;
+        at = start + len;
+    }
+    total.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_bound_counts_bytes_but_not_inline_images() {
+        let text = br#"{"messages":[{"role":"user","content":"hello"}]}"#;
+        assert_eq!(prompt_upper_bound(text), text.len() as i64);
+        let img = format!(
+            r#"{{"messages":[{{"content":[{{"image_url":{{"url":"data:image/png;base64,{}"}}}}]}}]}}"#,
+            "A".repeat(100_000)
+        );
+        let b = prompt_upper_bound(img.as_bytes());
+        assert!(b < 3_000, "{b}");
+    }
+}

@@ -1,0 +1,222 @@
+//! The OpenAI dialect in: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/models`, and the legacy billing dashboard routes.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{Dialect, RelayError, errors};
+use super::providers::Endpoint;
+use super::{Call, client_of, gate, pipeline, prompt_upper_bound, read_body, request_id};
+use crate::state::SharedState;
+
+/// Routes of the OpenAI dialect.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/dashboard/billing/subscription", get(subscription))
+        .route("/dashboard/billing/subscription", get(subscription))
+        .route("/v1/dashboard/billing/usage", get(usage))
+        .route("/dashboard/billing/usage", get(usage))
+}
+
+async fn chat(State(s): State<SharedState>, req: Request) -> Response {
+    call(s, req, Endpoint::ChatCompletions).await
+}
+
+async fn completions(State(s): State<SharedState>, req: Request) -> Response {
+    call(s, req, Endpoint::Completions).await
+}
+
+async fn embeddings(State(s): State<SharedState>, req: Request) -> Response {
+    call(s, req, Endpoint::Embeddings).await
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// The fields routing and billing need; everything else passes untouched.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    #[serde(default)]
+    max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+/// Most choices one call may ask for.
+pub const MAX_N: i64 = 128;
+
+async fn call(state: SharedState, req: Request, ep: Endpoint) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let rid = request_id(&parts);
+    match prepare(&state, parts, body, ep, started, &rid).await {
+        Ok(call) => pipeline::forward(&state, call).await,
+        Err(e) => e.into_dialect(Dialect::OpenAi, &rid),
+    }
+}
+
+async fn prepare(
+    state: &SharedState,
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+    ep: Endpoint,
+    started: Instant,
+    rid: &str,
+) -> Result<Call, RelayError> {
+    let caller = gate::admit(state, &parts).await?;
+    let body = read_body(body, state.config.max_body_bytes).await?;
+    let head: Head = serde_json::from_slice(&body)
+        .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
+    let model = head
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| errors::bad_request("model is required"))?
+        .to_string();
+    let n = head.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(errors::bad_request(format!(
+            "n must be between 1 and {MAX_N}"
+        )));
+    }
+    let max = head.max_completion_tokens.or(head.max_tokens);
+    if let Some(m) = max
+        && m < 1
+    {
+        return Err(errors::bad_request("max_tokens must be a positive integer"));
+    }
+    gate::admit_model(state, &caller, &model).await?;
+    let stream = head.stream.unwrap_or(false) && ep.streams();
+    let wants_stream_usage = head
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let max_output = match ep {
+        Endpoint::Embeddings => Some(0),
+        _ => max.map(|m| m.saturating_mul(n)),
+    };
+    Ok(Call {
+        prompt_upper: prompt_upper_bound(&body),
+        caller,
+        dialect: Dialect::OpenAi,
+        dialect_name: "openai",
+        endpoint: ep,
+        model,
+        stream,
+        body,
+        max_output,
+        wants_stream_usage,
+        request_id: rid.to_string(),
+        path: parts.uri.path().to_string(),
+        client: client_of(&parts),
+        started,
+    })
+}
+
+/// `GET /v1/models`: what this key may call.
+async fn models(State(state): State<SharedState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let rid = request_id(&parts);
+    let caller = match gate::admit(&state, &parts).await {
+        Ok(c) => c,
+        Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
+    };
+    let snap = state.routing.load();
+    let data: Vec<_> = snap
+        .models_for([caller.group.as_str()])
+        .into_iter()
+        .filter(|m| {
+            caller
+                .token
+                .models
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(m))
+        })
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "sluice"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// Quota shown in USD as the legacy dashboard expects (unlimited: a large
+/// number).
+fn usd(state: &SharedState, quota: i64) -> f64 {
+    quota as f64 / state.options().quota_per_unit
+}
+
+/// `GET /v1/dashboard/billing/subscription`: the key's grant, in USD.
+async fn subscription(State(state): State<SharedState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let rid = request_id(&parts);
+    let caller = match gate::admit(&state, &parts).await {
+        Ok(c) => c,
+        Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
+    };
+    let t = &caller.token.token;
+    let limit = if t.unlimited_quota {
+        100_000_000.0
+    } else {
+        let left = state
+            .bank
+            .token_available(&state.store, t.id)
+            .await
+            .unwrap_or(t.remain_quota);
+        usd(&state, left.max(0) + t.used_quota)
+    };
+    let access_until = if t.expired_time > 0 {
+        t.expired_time
+    } else {
+        0
+    };
+    axum::Json(json!({
+        "object": "billing_subscription",
+        "has_payment_method": true,
+        "soft_limit_usd": limit,
+        "hard_limit_usd": limit,
+        "system_hard_limit_usd": limit,
+        "access_until": access_until,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/dashboard/billing/usage`: the key's spend, in US cents.
+async fn usage(State(state): State<SharedState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let rid = request_id(&parts);
+    let caller = match gate::admit(&state, &parts).await {
+        Ok(c) => c,
+        Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
+    };
+    let used = match state
+        .store
+        .token_by_id(caller.token.token.id, crate::store::Owner::Any)
+        .await
+    {
+        Ok(t) => t.used_quota,
+        Err(_) => caller.token.token.used_quota,
+    };
+    axum::Json(json!({"object": "list", "total_usage": usd(&state, used) * 100.0})).into_response()
+}

@@ -1,0 +1,450 @@
+//! Route, price, reserve, forward with failover, settle (SPEC §5–6).
+//!
+//! A call holds one reservation across all its attempts; a failed attempt
+//! costs nothing. Another channel is tried on a connect error, a timeout, 429,
+//! 5xx, or an auth failure of the channel's key — never after the first byte
+//! has reached the client (streams commit once their first event arrived).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::error::{Kind, RelayError, errors};
+use super::providers::{self, tables};
+use super::tab::{Tab, UsageSource};
+use super::{Call, stream};
+use crate::billing::bank::{BankError, Refusal};
+use crate::billing::{Price, Usage, tokens};
+use crate::ledger::Entry;
+use crate::routing::ChannelRt;
+use crate::state::SharedState;
+use crate::store::{NewLog, channel_status, log_type, now};
+
+/// Largest non-streamed upstream body sluice accepts.
+pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// How one attempt ended.
+pub enum Attempt {
+    /// Answered (success, or a failure the client should see as is).
+    Done(Response),
+    /// Failed before anything reached the client; another channel may serve.
+    Retry(RelayError),
+}
+
+/// Forwards the call and answers in the caller's dialect.
+pub async fn forward(state: &SharedState, call: Call) -> Response {
+    let rid = call.request_id.clone();
+    let dialect = call.dialect;
+    match run(state, call).await {
+        Ok(r) => r,
+        Err(e) => e.into_dialect(dialect, &rid),
+    }
+}
+
+async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
+    let snap = state.routing.load_full();
+    let opts = state.options.load_full();
+    let group = call.caller.group.clone();
+    if let Some(pin) = call.caller.pinned {
+        if snap.channel(pin).is_none() {
+            return Err(errors::no_channel(&group, &call.model));
+        }
+    } else if !snap.serves(&group, &call.model) {
+        return Err(errors::no_channel(&group, &call.model));
+    }
+    let price = Price::of(&opts, &call.model, &group)
+        .map_err(|e| RelayError::new(Kind::InvalidRequest, "model_price_error", e.to_string()))?;
+    let max_out = call.max_output.unwrap_or(opts.default_output_allowance);
+    let amount = price.reserve(call.prompt_upper, max_out, opts.quota_per_unit);
+    let t = &call.caller.token.token;
+    let reservation = state
+        .bank
+        .reserve(
+            &state.store,
+            (!t.unlimited_quota).then_some(t.id),
+            call.caller.user.id,
+            amount,
+        )
+        .await
+        .map_err(|e| match e {
+            BankError::Refused(Refusal::Token) => errors::token_insufficient(),
+            BankError::Refused(Refusal::User) => errors::user_quota(),
+            BankError::Store(e) => errors::internal(format!("balance lookup failed: {e}")),
+        })?;
+    let mut tab = Tab::new(state.clone(), &call, price, reservation);
+    let attempts = if call.caller.pinned.is_some() {
+        1
+    } else {
+        1 + opts.retry_times as usize
+    };
+    let mut last: Option<RelayError> = None;
+    for _ in 0..attempts {
+        let ch = match call.caller.pinned {
+            Some(id) => snap.channel(id).cloned(),
+            None => snap.pick(&group, &call.model, &tab.tried),
+        };
+        let Some(ch) = ch else { break };
+        tab.tried.push(ch.id);
+        match attempt(state, &call, &ch, tab).await {
+            Ok(resp) => return Ok(resp),
+            Err((e, back)) => {
+                tab = back;
+                last = Some(e);
+            }
+        }
+    }
+    let err = last.unwrap_or_else(|| errors::no_channel(&group, &call.model));
+    log_failure(state, &call, &tab, &err).await;
+    Err(err)
+}
+
+/// One try on one channel. On a retryable failure the tab comes back.
+async fn attempt(
+    state: &SharedState,
+    call: &Call,
+    ch: &Arc<ChannelRt>,
+    mut tab: Tab,
+) -> Result<Response, (RelayError, Tab)> {
+    let upstream_model = ch.upstream_model(&call.model).to_string();
+    let body = match patch_body(call, &upstream_model) {
+        Ok(b) => b,
+        Err(e) => return Ok(e.into_dialect(call.dialect, &call.request_id)),
+    };
+    let out = match providers::outbound(ch, call.endpoint, body, &upstream_model) {
+        Ok(o) => o,
+        Err(e) => return Err((e, tab)),
+    };
+    let mut rb = state
+        .http
+        .post(&out.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(out.body);
+    for (k, v) in out.headers {
+        rb = rb.header(k, v);
+    }
+    let timeouts = &state.config;
+    let sent = tokio::time::timeout(timeouts.upstream_first_byte(), rb.send()).await;
+    let resp = match sent {
+        Err(_) => return Err((upstream_timeout(ch), tab)),
+        Ok(Err(e)) => return Err((upstream_unreachable(ch, &e), tab)),
+        Ok(Ok(r)) => r,
+    };
+    tab.first_response = Some(Instant::now());
+    let status = resp.status();
+    if !status.is_success() {
+        let body = read_limited(resp, timeouts.upstream_idle(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let err = upstream_error(status, &body);
+        maybe_auto_disable(state, ch, status, &body);
+        return if retryable(status) {
+            Err((err, tab))
+        } else {
+            // The client's own mistake (400, 404, …): no other channel would
+            // answer differently. Refund and pass the upstream's word on.
+            log_failure(state, call, &tab, &err).await;
+            Ok(err.into_dialect(call.dialect, &call.request_id))
+        };
+    }
+    tab.channel_id = ch.id;
+    tab.channel_name = ch.name.clone();
+    tab.upstream_model = upstream_model;
+    if call.stream {
+        return stream::start(state, call, tab, resp).await;
+    }
+    let bytes = match read_limited(resp, timeouts.upstream_idle(), MAX_UPSTREAM_BODY).await {
+        Ok(b) => b,
+        Err(e) => return Err((e, tab)),
+    };
+    let usage = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => match v.get("usage").filter(|u| !u.is_null()) {
+            Some(_) => (
+                tables::openai_usage(&bytes).unwrap_or_default(),
+                UsageSource::Upstream,
+            ),
+            None => (estimate_usage(call, &v), UsageSource::Local),
+        },
+        Err(_) => {
+            return Err((
+                RelayError::new(
+                    Kind::Upstream,
+                    "bad_response_body",
+                    format!("channel #{} returned a body that is not JSON", ch.id),
+                ),
+                tab,
+            ));
+        }
+    };
+    tab.settle(usage.0, usage.1, status.as_u16()).await;
+    let mut r = (status, bytes).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// Usage counted locally from the request and the response text.
+pub fn estimate_usage(call: &Call, response: &Value) -> Usage {
+    let prompt = serde_json::from_slice::<Value>(&call.body)
+        .map(|req| tokens::count_prompt(&call.model, &req))
+        .unwrap_or(0);
+    let mut text = String::new();
+    if let Some(choices) = response.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            for v in [
+                c.pointer("/message/content"),
+                c.pointer("/message/tool_calls"),
+                c.get("text"),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                tokens::text_of(v, &mut text);
+            }
+        }
+    }
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: tokens::count(&call.model, &text),
+        cached_tokens: 0,
+    }
+}
+
+/// The body to send: the original bytes, unless the model name must change
+/// or the in-stream usage chunk must be asked for.
+fn patch_body(call: &Call, upstream_model: &str) -> Result<Bytes, RelayError> {
+    let rename = upstream_model != call.model;
+    let ask_usage = call.stream && call.endpoint.streams() && !call.wants_stream_usage;
+    if !rename && !ask_usage {
+        return Ok(call.body.clone());
+    }
+    let has_opts = memchr::memmem::find(&call.body, b"\"stream_options\"").is_some();
+    if !rename && !has_opts {
+        // Cheap splice: insert the field right after the opening brace.
+        if let Some(i) = call.body.iter().position(|b| *b == b'{') {
+            let mut out = Vec::with_capacity(call.body.len() + 48);
+            out.extend_from_slice(&call.body[..=i]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&call.body[i + 1..]);
+            return Ok(Bytes::from(out));
+        }
+    }
+    let mut v: Value = serde_json::from_slice(&call.body)
+        .map_err(|e| errors::bad_request(format!("invalid JSON body: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        if rename {
+            o.insert("model".into(), Value::String(upstream_model.to_string()));
+        }
+        if ask_usage {
+            let so = o
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(so) = so.as_object_mut() {
+                so.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
+/// Reads a body with an idle timeout between chunks and a size cap.
+pub async fn read_limited(
+    resp: reqwest::Response,
+    idle: std::time::Duration,
+    max: usize,
+) -> Result<Bytes, RelayError> {
+    let mut s = resp.bytes_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, s.next()).await {
+            Err(_) => {
+                return Err(RelayError::new(
+                    Kind::Timeout,
+                    "upstream_timeout",
+                    "the upstream stopped sending its response",
+                ));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(RelayError::new(
+                    Kind::Upstream,
+                    "upstream_read_failed",
+                    format!("reading the upstream response failed: {e}"),
+                ));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > max {
+                    return Err(RelayError::new(
+                        Kind::Upstream,
+                        "upstream_response_too_large",
+                        "the upstream response is too large",
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::PAYMENT_REQUIRED
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
+fn upstream_timeout(ch: &ChannelRt) -> RelayError {
+    RelayError::new(
+        Kind::Timeout,
+        "upstream_timeout",
+        format!("channel #{} did not answer in time", ch.id),
+    )
+}
+
+fn upstream_unreachable(ch: &ChannelRt, e: &reqwest::Error) -> RelayError {
+    let what = if e.is_connect() {
+        "could not connect"
+    } else if e.is_timeout() {
+        return upstream_timeout(ch);
+    } else {
+        "request failed"
+    };
+    RelayError::new(
+        Kind::Upstream,
+        "upstream_unreachable",
+        format!("channel #{}: {what}", ch.id),
+    )
+}
+
+/// The upstream's own message, if its body has one.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let m = v
+        .pointer("/error/message")
+        .or_else(|| v.get("message"))
+        .or_else(|| v.get("error"))?;
+    Some(match m {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Maps an upstream failure to what the client sees.
+fn upstream_error(status: StatusCode, body: &[u8]) -> RelayError {
+    let detail = upstream_message(body)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    let msg = format!("upstream error {}: {detail}", status.as_u16());
+    match status.as_u16() {
+        429 => {
+            let mut e = RelayError::new(Kind::RateLimited, "upstream_rate_limited", msg);
+            e.retry_after = Some(1);
+            e
+        }
+        401 | 402 | 403 => RelayError::new(Kind::Upstream, "upstream_auth_failed", msg),
+        408 | 504 => RelayError::new(Kind::Timeout, "upstream_timeout", msg),
+        s if s >= 500 => RelayError::new(Kind::Upstream, "bad_response_status_code", msg),
+        404 => {
+            let mut e = RelayError::new(Kind::NotFound, "upstream_not_found", msg);
+            e.status = Some(status);
+            e
+        }
+        _ => {
+            let mut e = RelayError::new(Kind::InvalidRequest, "upstream_invalid_request", msg);
+            e.status = Some(status);
+            e
+        }
+    }
+}
+
+/// Auto-disables a channel whose key is refused or out of credit, when the
+/// option is on (SPEC §5). Runs in the background.
+fn maybe_auto_disable(state: &SharedState, ch: &ChannelRt, status: StatusCode, body: &[u8]) {
+    if !state.options().auto_disable_channel || !ch.auto_ban {
+        return;
+    }
+    let out_of_credit = memchr::memmem::find(body, b"insufficient_quota").is_some()
+        || memchr::memmem::find(body, b"insufficient quota").is_some();
+    let key_refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if !(key_refused || out_of_credit) {
+        return;
+    }
+    let reason = format!(
+        "channel #{} ({}) auto-disabled: upstream answered {}{}",
+        ch.id,
+        ch.name,
+        status.as_u16(),
+        if out_of_credit {
+            " (insufficient quota)"
+        } else {
+            ""
+        }
+    );
+    let id = ch.id;
+    let st = state.clone();
+    state.tracker.spawn(async move {
+        match st
+            .store
+            .set_channel_status(id, channel_status::AUTO_DISABLED)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!("{reason}");
+                crate::api::channel::reload_routing(&st).await;
+                st.ledger
+                    .record(Entry::Log(Box::new(NewLog {
+                        created_at: now(),
+                        log_type: log_type::SYSTEM,
+                        content: reason,
+                        channel_id: id,
+                        other: "{}".into(),
+                        ..Default::default()
+                    })))
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, channel = id, "auto-disable failed"),
+        }
+    });
+}
+
+/// An error row (type 5) for a call that failed after routing.
+async fn log_failure(state: &SharedState, call: &Call, tab: &Tab, err: &RelayError) {
+    let t = &call.caller.token.token;
+    let other = serde_json::json!({
+        "request_id": call.request_id,
+        "client": call.client,
+        "request_path": call.path,
+        "http_status": err.status().as_u16(),
+        "dialect": call.dialect_name,
+        "error_code": err.code,
+        "tried_channels": tab.tried,
+    });
+    state
+        .ledger
+        .record(Entry::Log(Box::new(NewLog {
+            created_at: now(),
+            log_type: log_type::ERROR,
+            content: err.message.clone(),
+            user_id: call.caller.user.id,
+            username: call.caller.user.username.clone(),
+            token_id: t.id,
+            token_name: t.name.clone(),
+            model_name: call.model.clone(),
+            channel_id: tab.tried.last().copied().unwrap_or(0),
+            is_stream: call.stream,
+            ip: call.caller.ip.to_string(),
+            group: call.caller.group.clone(),
+            request_id: call.request_id.clone(),
+            other: other.to_string(),
+            ..Default::default()
+        })))
+        .await;
+}

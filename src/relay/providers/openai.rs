@@ -1,0 +1,63 @@
+//! OpenAI and OpenAI-compatible channels (types 1 and 8), and Azure OpenAI
+//! (type 3), which speaks the same body at a different address.
+
+use bytes::Bytes;
+
+use super::{Endpoint, Outbound, header, join_v1};
+use crate::relay::error::{RelayError, errors};
+use crate::routing::ChannelRt;
+
+/// Azure's `api-version` when the channel's `other` gives none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+/// `{base}/v1/<endpoint>` with `Authorization: Bearer <key>`.
+pub fn outbound(ch: &ChannelRt, ep: Endpoint, body: Bytes) -> Outbound {
+    let mut headers = Vec::with_capacity(1);
+    headers.extend(header(
+        "authorization",
+        &format!("Bearer {}", ch.pick_key()),
+    ));
+    Outbound {
+        url: join_v1(&ch.base_url, ep.openai_path()),
+        headers,
+        body,
+    }
+}
+
+/// `{base}/openai/deployments/{deployment}/<endpoint>?api-version=…` with an
+/// `api-key` header. The deployment is the upstream model name without dots
+/// (Azure forbids them: `gpt-3.5-turbo` → `gpt-35-turbo`), as new-api does.
+pub fn azure_outbound(
+    ch: &ChannelRt,
+    ep: Endpoint,
+    body: Bytes,
+    upstream_model: &str,
+) -> Result<Outbound, RelayError> {
+    let version = ch.other.trim();
+    let version = if version.is_empty() {
+        DEFAULT_AZURE_API_VERSION
+    } else {
+        version
+    };
+    if !version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(errors::internal(format!(
+            "channel {}: invalid Azure api-version '{version}'",
+            ch.id
+        )));
+    }
+    let deployment: String = upstream_model.chars().filter(|c| *c != '.').collect();
+    let mut headers = Vec::with_capacity(1);
+    headers.extend(header("api-key", ch.pick_key()));
+    Ok(Outbound {
+        url: format!(
+            "{}/openai/deployments/{deployment}{}?api-version={version}",
+            ch.base_url,
+            ep.openai_path()
+        ),
+        headers,
+        body,
+    })
+}

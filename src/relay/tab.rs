@@ -1,0 +1,187 @@
+//! The tab of one call: the reservation it holds and what its ledger row will
+//! say. Settling turns the reservation into the real charge and queues the
+//! row; dropping an unsettled tab refunds (the reservation's own drop).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Call;
+use crate::billing::bank::Reservation;
+use crate::billing::{Price, Usage};
+use crate::ledger::{Charge, Entry};
+use crate::state::SharedState;
+use crate::store::{NewLog, log_type, now};
+
+/// Where the usage figures came from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// Reported by the upstream.
+    Upstream,
+    /// Counted locally (no usage reported, or the client left early).
+    Local,
+}
+
+/// The `other` object of a log row (SPEC §8).
+#[derive(Debug, Serialize)]
+struct Other<'a> {
+    request_id: &'a str,
+    client: &'a str,
+    request_path: &'a str,
+    http_status: u16,
+    dialect: &'a str,
+    upstream_model: &'a str,
+    channel_name: &'a str,
+    #[serde(flatten)]
+    price: Price,
+    cached_tokens: i64,
+    usage_source: UsageSource,
+    use_time_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frt_ms: Option<u128>,
+    tried_channels: &'a [i64],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_disconnected: bool,
+}
+
+/// Settlement state of one call.
+pub struct Tab {
+    pub state: SharedState,
+    reservation: Option<Reservation>,
+    pub price: Price,
+    token_limited: bool,
+    token_id: i64,
+    token_name: String,
+    user_id: i64,
+    username: String,
+    group: String,
+    model: String,
+    ip: String,
+    request_id: String,
+    request_path: String,
+    client: String,
+    dialect: &'static str,
+    is_stream: bool,
+    started: Instant,
+    /// Set when an upstream answered.
+    pub channel_id: i64,
+    pub channel_name: String,
+    pub upstream_model: String,
+    pub tried: Vec<i64>,
+    pub first_response: Option<Instant>,
+    pub client_disconnected: bool,
+}
+
+impl Tab {
+    /// Opens a tab for `call` holding `reservation`.
+    pub fn new(state: SharedState, call: &Call, price: Price, reservation: Reservation) -> Tab {
+        let t = &call.caller.token.token;
+        Tab {
+            reservation: Some(reservation),
+            price,
+            token_limited: !t.unlimited_quota,
+            token_id: t.id,
+            token_name: t.name.clone(),
+            user_id: call.caller.user.id,
+            username: call.caller.user.username.clone(),
+            group: call.caller.group.clone(),
+            model: call.model.clone(),
+            ip: call.caller.ip.to_string(),
+            request_id: call.request_id.clone(),
+            request_path: call.path.clone(),
+            client: call.client.clone(),
+            dialect: call.dialect_name,
+            is_stream: call.stream,
+            started: call.started,
+            channel_id: 0,
+            channel_name: String::new(),
+            upstream_model: String::new(),
+            tried: Vec::new(),
+            first_response: None,
+            client_disconnected: false,
+            state,
+        }
+    }
+
+    /// Converts the reservation into the real charge and builds the entry.
+    fn close(&mut self, usage: Usage, source: UsageSource, http_status: u16) -> Option<Entry> {
+        let reservation = self.reservation.take()?;
+        let qpu = self.state.options().quota_per_unit;
+        let quota = self.price.cost(&usage, qpu);
+        self.state.bank.settle(reservation, quota);
+        let elapsed = self.started.elapsed();
+        let other = Other {
+            request_id: &self.request_id,
+            client: &self.client,
+            request_path: &self.request_path,
+            http_status,
+            dialect: self.dialect,
+            upstream_model: &self.upstream_model,
+            channel_name: &self.channel_name,
+            price: self.price,
+            cached_tokens: usage.cached_tokens,
+            usage_source: source,
+            use_time_ms: elapsed.as_millis(),
+            frt_ms: self
+                .first_response
+                .map(|f| f.duration_since(self.started).as_millis()),
+            tried_channels: &self.tried,
+            client_disconnected: self.client_disconnected,
+        };
+        let log = NewLog {
+            created_at: now(),
+            log_type: log_type::CONSUME,
+            content: String::new(),
+            user_id: self.user_id,
+            username: std::mem::take(&mut self.username),
+            token_id: self.token_id,
+            token_name: std::mem::take(&mut self.token_name),
+            model_name: std::mem::take(&mut self.model),
+            channel_id: self.channel_id,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            quota,
+            use_time: elapsed.as_secs() as i64,
+            is_stream: self.is_stream,
+            ip: std::mem::take(&mut self.ip),
+            group: std::mem::take(&mut self.group),
+            request_id: self.request_id.clone(),
+            other: serde_json::to_string(&other).unwrap_or_else(|_| "{}".into()),
+        };
+        Some(Entry::Charge(Box::new(Charge {
+            log,
+            token_id: self.token_id,
+            token_limited: self.token_limited,
+            user_id: self.user_id,
+            channel_id: self.channel_id,
+            quota,
+        })))
+    }
+
+    /// Settles and queues the row (waits if the ledger queue is full).
+    pub async fn settle(mut self, usage: Usage, source: UsageSource, http_status: u16) {
+        if let Some(e) = self.close(usage, source, http_status) {
+            self.state.ledger.record(e).await;
+        }
+    }
+
+    /// Settles from a context that cannot wait (a dropped stream): the bank
+    /// moves now, the row is queued by a tracked task.
+    pub fn settle_detached(mut self, usage: Usage, source: UsageSource, http_status: u16) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if let Some(e) = self.close(usage, source, http_status) {
+            let ledger = self.state.ledger.clone();
+            self.state
+                .tracker
+                .spawn(async move { ledger.record(e).await });
+        }
+    }
+
+    /// Whether the tab still holds its reservation.
+    pub fn is_open(&self) -> bool {
+        self.reservation.is_some()
+    }
+}
