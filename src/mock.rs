@@ -1,6 +1,9 @@
 //! A mock upstream provider, used by the tests and the benchmark alike.
 //!
-//! It speaks OpenAI's chat, completions, embeddings and models (JSON and SSE).
+//! It speaks OpenAI's chat, completions, embeddings and models, Anthropic's
+//! messages and Gemini's generateContent (JSON and SSE, with tool calls: when
+//! the request offers tools, the mock calls the first one with `{"q":"mock"}`
+//! unless the last turn already is a tool result).
 //! What it does is chosen by the API key it is called with, so each channel
 //! of a test can behave differently:
 //!
@@ -113,6 +116,8 @@ pub fn router(state: Arc<MockState>) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(openai_chat),
         )
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{model_action}", post(gemini_call))
         .with_state(state)
 }
 
@@ -245,6 +250,18 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// The tool the mock calls, if the request offers tools and the last turn
+/// is not already a tool result: (name, arguments object).
+fn tool_to_call(tool_names: Vec<String>, last_is_result: bool) -> Option<(String, Value)> {
+    if last_is_result {
+        return None;
+    }
+    tool_names
+        .into_iter()
+        .next()
+        .map(|n| (n, json!({"q": "mock"})))
+}
+
 async fn openai_chat(
     State(st): State<Arc<MockState>>,
     headers: HeaderMap,
@@ -262,13 +279,41 @@ async fn openai_chat(
         .to_string();
     let completion = completion_tokens(&req);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let names: Vec<String> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            t.pointer("/function/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect();
+    let last_is_result = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
+    let tool = tool_to_call(names, last_is_result);
     if !stream {
+        let (message, finish) = match &tool {
+            Some((name, args)) => (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock0", "type": "function",
+                    "function": {"name": name, "arguments": args.to_string()}}]}),
+                "tool_calls",
+            ),
+            None => (
+                json!({"role": "assistant", "content": words(STREAM_CHUNKS).concat()}),
+                "stop",
+            ),
+        };
         let mut v = json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
             "created": 1,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words(STREAM_CHUNKS).concat()}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         });
         if b != Behaviour::NoUsage {
             v["usage"] = usage_json(completion);
@@ -288,10 +333,30 @@ async fn openai_chat(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     ))];
-    for w in words(STREAM_CHUNKS) {
-        events.push(sse(&chunk(json!({"content": w}), Value::Null)));
-    }
-    events.push(sse(&chunk(json!({}), json!("stop"))));
+    let finish = match &tool {
+        Some((name, args)) => {
+            events.push(sse(&chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_mock0", "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            )));
+            let a = args.to_string();
+            let (x, y) = a.split_at(a.len() / 2);
+            for part in [x, y] {
+                events.push(sse(&chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                    Value::Null,
+                )));
+            }
+            "tool_calls"
+        }
+        None => {
+            for w in words(STREAM_CHUNKS) {
+                events.push(sse(&chunk(json!({"content": w}), Value::Null)));
+            }
+            "stop"
+        }
+    };
+    events.push(sse(&chunk(json!({}), json!(finish))));
     if include_usage {
         events.push(sse(
             &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
@@ -299,6 +364,239 @@ async fn openai_chat(
         ));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    stream_events(events, b)
+}
+
+fn named_event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+async fn anthropic_messages(
+    State(st): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (key, req) = record(&st, &headers, "/v1/messages", &body);
+    let b = behaviour(&key);
+    if let Some(r) = pre_anthropic(&b).await {
+        return r;
+    }
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    let completion = completion_tokens(&req);
+    let names: Vec<String> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(String::from))
+        .collect();
+    let last_is_result = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|x| x.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+    let tool = tool_to_call(names, last_is_result);
+    let usage = json!({"input_tokens": PROMPT_TOKENS, "output_tokens": completion});
+    let stop = if tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    if !req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let content = match &tool {
+            Some((name, args)) => {
+                json!([{"type": "tool_use", "id": "toolu_mock0", "name": name, "input": args}])
+            }
+            None => json!([{"type": "text", "text": words(STREAM_CHUNKS).concat()}]),
+        };
+        let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop, "stop_sequence": null});
+        if b != Behaviour::NoUsage {
+            v["usage"] = usage;
+        }
+        return axum::Json(v).into_response();
+    }
+    let mut events = vec![named_event(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}}),
+    )];
+    events.push(named_event("ping", &json!({"type": "ping"})));
+    match &tool {
+        Some((name, args)) => {
+            events.push(named_event("content_block_start", &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_mock0", "name": name, "input": {}}})));
+            let a = args.to_string();
+            let (x, y) = a.split_at(a.len() / 2);
+            for part in [x, y] {
+                events.push(named_event(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": part}}),
+                ));
+            }
+        }
+        None => {
+            events.push(named_event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
+            for w in words(STREAM_CHUNKS) {
+                events.push(named_event(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": w}}),
+                ));
+            }
+        }
+    }
+    events.push(named_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    let out_usage = if b == Behaviour::NoUsage {
+        json!({})
+    } else {
+        json!({"output_tokens": completion})
+    };
+    events.push(named_event(
+        "message_delta",
+        &json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": out_usage}),
+    ));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
+    stream_events(events, b)
+}
+
+/// The failure behaviours, with Anthropic-shaped error bodies.
+async fn pre_anthropic(b: &Behaviour) -> Option<Response> {
+    let err = |s: StatusCode, t: &str| {
+        (
+            s,
+            axum::Json(json!({"type": "error", "error": {"type": t, "message": "mock failure"}})),
+        )
+            .into_response()
+    };
+    match b {
+        Behaviour::Fail(s) => Some(err(*s, "api_error")),
+        Behaviour::InsufficientQuota => {
+            Some(err(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"))
+        }
+        other => pre(other).await,
+    }
+}
+
+async fn gemini_call(
+    State(st): State<Arc<MockState>>,
+    axum::extract::Path(model_action): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let mut headers = headers;
+    if let Some(k) = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")))
+        && let Ok(v) = k.parse()
+    {
+        headers.insert("x-goog-api-key", v);
+    }
+    let (key, req) = record(
+        &st,
+        &headers,
+        &format!("/v1beta/models/{model_action}"),
+        &body,
+    );
+    let b = behaviour(&key);
+    let gerr = |s: StatusCode| {
+        (s, axum::Json(json!({"error": {"code": s.as_u16(), "message": "mock failure", "status": "INTERNAL"}}))).into_response()
+    };
+    match &b {
+        Behaviour::Fail(s) => return gerr(*s),
+        Behaviour::InsufficientQuota => return gerr(StatusCode::TOO_MANY_REQUESTS),
+        other => {
+            if let Some(r) = pre(other).await {
+                return r;
+            }
+        }
+    }
+    let (model, action) = model_action
+        .rsplit_once(':')
+        .unwrap_or((model_action.as_str(), ""));
+    let max = req
+        .pointer("/generationConfig/maxOutputTokens")
+        .and_then(Value::as_i64)
+        .unwrap_or(COMPLETION_TOKENS);
+    let completion = max.clamp(0, COMPLETION_TOKENS);
+    let names: Vec<String> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("functionDeclarations").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|d| d.get("name").and_then(Value::as_str).map(String::from))
+        .collect();
+    let last_is_result = req
+        .get("contents")
+        .and_then(Value::as_array)
+        .and_then(|c| c.last())
+        .and_then(|c| c.get("parts"))
+        .and_then(Value::as_array)
+        .is_some_and(|p| p.iter().any(|x| x.get("functionResponse").is_some()));
+    let tool = tool_to_call(names, last_is_result);
+    let usage = json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": completion,
+        "totalTokenCount": PROMPT_TOKENS + completion});
+    let part_list = |text: &str| match &tool {
+        Some((name, args)) => json!([{"functionCall": {"name": name, "args": args}}]),
+        None => json!([{"text": text}]),
+    };
+    if action != "streamGenerateContent" {
+        let mut v = json!({"candidates": [{"content": {"role": "model", "parts": part_list(&words(STREAM_CHUNKS).concat())},
+            "finishReason": "STOP", "index": 0}], "modelVersion": model, "responseId": "mock"});
+        if b != Behaviour::NoUsage {
+            v["usageMetadata"] = usage;
+        }
+        return axum::Json(v).into_response();
+    }
+    let mut events = Vec::new();
+    let ws = words(STREAM_CHUNKS);
+    let n = ws.len();
+    for (i, w) in ws.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let mut c = json!({"candidates": [{"content": {"role": "model", "parts": part_list(&w)}, "index": 0}],
+            "modelVersion": model, "responseId": "mock"});
+        if last {
+            c["candidates"][0]["finishReason"] = json!("STOP");
+        }
+        if b != Behaviour::NoUsage {
+            c["usageMetadata"] = usage.clone();
+        }
+        events.push(Bytes::from(format!("data: {c}\r\n\r\n")));
+        if tool.is_some() {
+            // A function call arrives whole, once.
+            if let Some(last_event) = events.pop() {
+                let mut c2: Value = serde_json::from_slice(&last_event[6..]).unwrap_or(Value::Null);
+                c2["candidates"][0]["finishReason"] = json!("STOP");
+                events.push(Bytes::from(format!("data: {c2}\r\n\r\n")));
+            }
+            break;
+        }
+    }
     stream_events(events, b)
 }
 

@@ -582,11 +582,18 @@ async fn run_test(
     upstream_model: &str,
     body: Value,
 ) -> Result<(), String> {
+    // The test speaks chat; other dialects get it converted.
+    let body = match providers::Wire::of(rt.kind) {
+        providers::Wire::OpenAi => body,
+        providers::Wire::Anthropic => providers::anthropic::request_from_hub(&body, upstream_model),
+        providers::Wire::Gemini => providers::gemini::request_from_hub(&body),
+    };
     let out = providers::outbound(
         rt,
         Endpoint::ChatCompletions,
         body.to_string().into(),
         upstream_model,
+        false,
     )
     .map_err(|e| e.message)?;
     let mut rb = state

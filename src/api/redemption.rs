@@ -1,7 +1,7 @@
 //! `/api/redemption/` (admin): codes that add quota once (SPEC §4).
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{delete, get};
 use serde::Deserialize;
 
@@ -101,25 +101,19 @@ async fn create(
     ok(codes)
 }
 
-#[derive(Deserialize)]
-struct StatusOnly {
-    status_only: Option<String>,
-}
-
 async fn update(
     State(state): State<SharedState>,
     _a: Admin,
-    Query(so): Query<StatusOnly>,
+    q: PageQuery,
     JsonBody(b): JsonBody<Body>,
 ) -> ApiResult {
     let Some(id) = b.id.filter(|i| *i > 0) else {
         return Err(ApiError::refused("id is required"));
     };
     let mut r = state.store.redemption_by_id(id).await?;
-    let status_only = so
-        .status_only
-        .as_deref()
-        .is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let status_only = q
+        .param("status_only")
+        .is_some_and(|v| v != "false" && v != "0");
     if !status_only {
         if let Some(n) = &b.name {
             r.name = check_name(n)?;

@@ -7,7 +7,7 @@
 //! go through the same owner-filtered query.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::{CACHE_CONTROL, HeaderValue};
 use axum::response::IntoResponse;
@@ -444,26 +444,20 @@ pub fn parse_id(s: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::refused(format!("invalid id '{s}'")))
 }
 
-#[derive(Deserialize)]
-struct StatusOnly {
-    status_only: Option<String>,
-}
-
 async fn update(
     State(state): State<SharedState>,
     p: Principal,
     ClientIp(ip): ClientIp,
-    Query(so): Query<StatusOnly>,
+    q: PageQuery,
     JsonBody(b): JsonBody<TokenBody>,
 ) -> ApiResult {
     let Some(id) = b.id.filter(|id| *id > 0) else {
         return Err(ApiError::refused("id is required"));
     };
     let current = state.store.token_by_id(id, scope(&p)).await?;
-    let status_only = so
-        .status_only
-        .as_deref()
-        .is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let status_only = q
+        .param("status_only")
+        .is_some_and(|v| v != "false" && v != "0");
     let mut next = current.clone();
     if !status_only {
         let owner_group = if current.user_id == p.user.id {

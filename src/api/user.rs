@@ -154,6 +154,11 @@ async fn register(
             "new user registration has been disabled by the administrator",
         ));
     }
+    if !opts.password_register_enabled {
+        return Err(ApiError::refused(
+            "password registration has been disabled by the administrator",
+        ));
+    }
     let username = check_username(b.username.as_deref().unwrap_or(""))?;
     let pw = b.password.unwrap_or_default();
     check_password(&pw)?;

@@ -24,15 +24,13 @@ pub fn count(model: &str, text: &str) -> i64 {
 /// contents, tool arguments, …) — what a prompt count should see.
 pub fn text_of(v: &Value, out: &mut String) {
     match v {
-        Value::String(s) => {
-            // Inline images are not text; a data URL would count as thousands
-            // of tokens.
-            if !s.starts_with("data:") {
-                if !out.is_empty() {
-                    out.push(' ');
-                }
-                out.push_str(s);
+        // Inline images are not text; a data URL would count as thousands
+        // of tokens.
+        Value::String(s) if !s.starts_with("data:") => {
+            if !out.is_empty() {
+                out.push(' ');
             }
+            out.push_str(s);
         }
         Value::Array(a) => a.iter().for_each(|x| text_of(x, out)),
         Value::Object(o) => o.values().for_each(|x| text_of(x, out)),

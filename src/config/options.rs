@@ -220,6 +220,9 @@ pub struct Options {
     pub auto_disable_channel: bool,
     pub auto_enable_channel: bool,
     pub register_enabled: bool,
+    /// Registration with a username and password (new-api's
+    /// `PasswordRegisterEnabled`; sluice has no other way to register).
+    pub password_register_enabled: bool,
     pub password_login_enabled: bool,
     pub self_use_mode: bool,
     pub system_name: String,
@@ -273,6 +276,7 @@ impl Options {
             auto_disable_channel: get_bool(keys::AUTO_DISABLE_CHANNEL),
             auto_enable_channel: get_bool(keys::AUTO_ENABLE_CHANNEL),
             register_enabled: get_bool(keys::REGISTER_ENABLED),
+            password_register_enabled: get_bool(keys::PASSWORD_REGISTER_ENABLED),
             password_login_enabled: get_bool(keys::PASSWORD_LOGIN_ENABLED),
             self_use_mode: get_bool(keys::SELF_USE_MODE_ENABLED),
             system_name: raw.get(keys::SYSTEM_NAME).cloned().unwrap_or_default(),

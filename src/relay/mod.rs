@@ -5,11 +5,15 @@
 //! (route, price, reserve, forward with failover, settle) → response in the
 //! caller's dialect. Errors of every step go through [`error::RelayError`].
 
+pub mod anthropic;
+pub mod convert;
 pub mod error;
 pub mod gate;
+pub mod gemini;
 pub mod openai;
 pub mod pipeline;
 pub mod providers;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 pub mod tab;
@@ -30,6 +34,85 @@ use crate::state::SharedState;
 /// Relay routes.
 pub fn router() -> Router<SharedState> {
     openai::router()
+        .merge(anthropic::router())
+        .merge(gemini::router())
+        .merge(responses::router())
+}
+
+/// What a door reads from a body before routing.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub model: String,
+    pub stream: bool,
+    /// The caller's output cap (× choices), if it set one.
+    pub max_output: Option<i64>,
+    /// Whether the caller asked for OpenAI's in-stream usage chunk.
+    pub wants_stream_usage: bool,
+}
+
+/// A door: the endpoint and the dialect its callers speak.
+#[derive(Debug, Clone, Copy)]
+pub struct Door {
+    pub endpoint: Endpoint,
+    pub dialect: Dialect,
+    /// Name for the log (`openai`, `anthropic`, `gemini`, `responses`).
+    pub name: &'static str,
+}
+
+/// Runs one relay call through a door: key checks, body, model checks, then
+/// the pipeline; every failure answers in the door's dialect.
+pub async fn serve(
+    state: SharedState,
+    req: axum::extract::Request,
+    door: Door,
+    read_head: impl FnOnce(&Bytes) -> Result<Head, RelayError>,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let rid = request_id(&parts);
+    let prepared = async {
+        let caller = gate::admit(&state, &parts).await?;
+        let body = read_body(body, state.config.max_body_bytes).await?;
+        let head = read_head(&body)?;
+        gate::admit_model(&state, &caller, &head.model).await?;
+        Ok::<Call, RelayError>(Call {
+            prompt_upper: prompt_upper_bound(&body),
+            caller,
+            dialect: door.dialect,
+            dialect_name: door.name,
+            endpoint: door.endpoint,
+            model: head.model,
+            stream: head.stream,
+            body,
+            max_output: head.max_output,
+            wants_stream_usage: head.wants_stream_usage,
+            request_id: rid.clone(),
+            path: parts.uri.path().to_string(),
+            client: client_of(&parts),
+            started,
+        })
+    }
+    .await;
+    match prepared {
+        Ok(call) => pipeline::forward(&state, call).await,
+        Err(e) => e.into_dialect(door.dialect, &rid),
+    }
+}
+
+/// The `model` field, required and non-blank.
+pub fn required_model(m: Option<&str>) -> Result<String, RelayError> {
+    m.map(str::trim)
+        .filter(|m| !m.is_empty() && m.len() <= 256)
+        .map(String::from)
+        .ok_or_else(|| errors::bad_request("model is required"))
+}
+
+/// An output cap must be positive when given.
+pub fn positive_max(m: Option<i64>) -> Result<Option<i64>, RelayError> {
+    match m {
+        Some(m) if m < 1 => Err(errors::bad_request("max_tokens must be a positive integer")),
+        other => Ok(other),
+    }
 }
 
 /// Everything known about a call before it is forwarded.

@@ -2,7 +2,6 @@
 //! `/v1/embeddings`, `/v1/models`, and the legacy billing dashboard routes.
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -13,7 +12,7 @@ use serde_json::json;
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::Endpoint;
-use super::{Call, client_of, gate, pipeline, prompt_upper_bound, read_body, request_id};
+use super::{Door, Head, gate, positive_max, request_id, required_model, serve};
 use crate::state::SharedState;
 
 /// Routes of the OpenAI dialect.
@@ -49,7 +48,7 @@ struct StreamOptions {
 
 /// The fields routing and billing need; everything else passes untouched.
 #[derive(Deserialize)]
-struct Head<'a> {
+struct OpenAiHead<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -68,72 +67,38 @@ struct Head<'a> {
 pub const MAX_N: i64 = 128;
 
 async fn call(state: SharedState, req: Request, ep: Endpoint) -> Response {
-    let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let rid = request_id(&parts);
-    match prepare(&state, parts, body, ep, started, &rid).await {
-        Ok(call) => pipeline::forward(&state, call).await,
-        Err(e) => e.into_dialect(Dialect::OpenAi, &rid),
-    }
+    let door = Door {
+        endpoint: ep,
+        dialect: Dialect::OpenAi,
+        name: "openai",
+    };
+    serve(state, req, door, |body| read_head(body, ep)).await
 }
 
-async fn prepare(
-    state: &SharedState,
-    parts: axum::http::request::Parts,
-    body: axum::body::Body,
-    ep: Endpoint,
-    started: Instant,
-    rid: &str,
-) -> Result<Call, RelayError> {
-    let caller = gate::admit(state, &parts).await?;
-    let body = read_body(body, state.config.max_body_bytes).await?;
-    let head: Head = serde_json::from_slice(&body)
+/// Reads an OpenAI body's model, stream flag and output cap (× n).
+fn read_head(body: &[u8], ep: Endpoint) -> Result<Head, RelayError> {
+    let head: OpenAiHead = serde_json::from_slice(body)
         .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
-    let model = head
-        .model
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| errors::bad_request("model is required"))?
-        .to_string();
+    let model = required_model(head.model.as_deref())?;
     let n = head.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(errors::bad_request(format!(
             "n must be between 1 and {MAX_N}"
         )));
     }
-    let max = head.max_completion_tokens.or(head.max_tokens);
-    if let Some(m) = max
-        && m < 1
-    {
-        return Err(errors::bad_request("max_tokens must be a positive integer"));
-    }
-    gate::admit_model(state, &caller, &model).await?;
-    let stream = head.stream.unwrap_or(false) && ep.streams();
-    let wants_stream_usage = head
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    let max_output = match ep {
-        Endpoint::Embeddings => Some(0),
-        _ => max.map(|m| m.saturating_mul(n)),
-    };
-    Ok(Call {
-        prompt_upper: prompt_upper_bound(&body),
-        caller,
-        dialect: Dialect::OpenAi,
-        dialect_name: "openai",
-        endpoint: ep,
+    let max = positive_max(head.max_completion_tokens.or(head.max_tokens))?;
+    Ok(Head {
         model,
-        stream,
-        body,
-        max_output,
-        wants_stream_usage,
-        request_id: rid.to_string(),
-        path: parts.uri.path().to_string(),
-        client: client_of(&parts),
-        started,
+        stream: head.stream.unwrap_or(false) && ep.streams(),
+        max_output: match ep {
+            Endpoint::Embeddings => Some(0),
+            _ => max.map(|m| m.saturating_mul(n)),
+        },
+        wants_stream_usage: head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
     })
 }
 

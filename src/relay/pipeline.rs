@@ -15,11 +15,11 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::error::{Kind, RelayError, errors};
-use super::providers::{self, tables};
-use super::tab::{Tab, UsageSource};
-use super::{Call, stream};
+use super::providers::{self, Wire};
+use super::tab::Tab;
+use super::{Call, convert, stream};
+use crate::billing::Price;
 use crate::billing::bank::{BankError, Refusal};
-use crate::billing::{Price, Usage, tokens};
 use crate::ledger::Entry;
 use crate::routing::ChannelRt;
 use crate::state::SharedState;
@@ -86,7 +86,9 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
     for _ in 0..attempts {
         let ch = match call.caller.pinned {
             Some(id) => snap.channel(id).cloned(),
-            None => snap.pick(&group, &call.model, &tab.tried),
+            None => snap.pick_where(&group, &call.model, &tab.tried, |c| {
+                providers::route(call.endpoint, c.kind).is_some()
+            }),
         };
         let Some(ch) = ch else { break };
         tab.tried.push(ch.id);
@@ -111,11 +113,22 @@ async fn attempt(
     mut tab: Tab,
 ) -> Result<Response, (RelayError, Tab)> {
     let upstream_model = ch.upstream_model(&call.model).to_string();
-    let body = match patch_body(call, &upstream_model) {
+    let wire = Wire::of(ch.kind);
+    let Some(route) = providers::route(call.endpoint, ch.kind) else {
+        return Err((
+            errors::internal(format!(
+                "channel #{} cannot serve {}",
+                ch.id,
+                call.endpoint.name()
+            )),
+            tab,
+        ));
+    };
+    let body = match convert::upstream_body(call, wire, route, &upstream_model) {
         Ok(b) => b,
         Err(e) => return Ok(e.into_dialect(call.dialect, &call.request_id)),
     };
-    let out = match providers::outbound(ch, call.endpoint, body, &upstream_model) {
+    let out = match providers::outbound(ch, call.endpoint, body, &upstream_model, call.stream) {
         Ok(o) => o,
         Err(e) => return Err((e, tab)),
     };
@@ -155,102 +168,24 @@ async fn attempt(
     tab.channel_name = ch.name.clone();
     tab.upstream_model = upstream_model;
     if call.stream {
-        return stream::start(state, call, tab, resp).await;
+        let tap = convert::tap(call, wire, route);
+        return stream::start_with(state, call, tab, resp, tap).await;
     }
     let bytes = match read_limited(resp, timeouts.upstream_idle(), MAX_UPSTREAM_BODY).await {
         Ok(b) => b,
         Err(e) => return Err((e, tab)),
     };
-    let usage = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v) => match v.get("usage").filter(|u| !u.is_null()) {
-            Some(_) => (
-                tables::openai_usage(&bytes).unwrap_or_default(),
-                UsageSource::Upstream,
-            ),
-            None => (estimate_usage(call, &v), UsageSource::Local),
-        },
-        Err(_) => {
-            return Err((
-                RelayError::new(
-                    Kind::Upstream,
-                    "bad_response_body",
-                    format!("channel #{} returned a body that is not JSON", ch.id),
-                ),
-                tab,
-            ));
-        }
+    let (client, usage, source) = match convert::client_body(call, wire, route, &bytes) {
+        Ok(x) => x,
+        Err(e) => return Err((e, tab)),
     };
-    tab.settle(usage.0, usage.1, status.as_u16()).await;
-    let mut r = (status, bytes).into_response();
+    tab.settle(usage, source, status.as_u16()).await;
+    let mut r = (status, client).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     Ok(r)
-}
-
-/// Usage counted locally from the request and the response text.
-pub fn estimate_usage(call: &Call, response: &Value) -> Usage {
-    let prompt = serde_json::from_slice::<Value>(&call.body)
-        .map(|req| tokens::count_prompt(&call.model, &req))
-        .unwrap_or(0);
-    let mut text = String::new();
-    if let Some(choices) = response.get("choices").and_then(Value::as_array) {
-        for c in choices {
-            for v in [
-                c.pointer("/message/content"),
-                c.pointer("/message/tool_calls"),
-                c.get("text"),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                tokens::text_of(v, &mut text);
-            }
-        }
-    }
-    Usage {
-        prompt_tokens: prompt,
-        completion_tokens: tokens::count(&call.model, &text),
-        cached_tokens: 0,
-    }
-}
-
-/// The body to send: the original bytes, unless the model name must change
-/// or the in-stream usage chunk must be asked for.
-fn patch_body(call: &Call, upstream_model: &str) -> Result<Bytes, RelayError> {
-    let rename = upstream_model != call.model;
-    let ask_usage = call.stream && call.endpoint.streams() && !call.wants_stream_usage;
-    if !rename && !ask_usage {
-        return Ok(call.body.clone());
-    }
-    let has_opts = memchr::memmem::find(&call.body, b"\"stream_options\"").is_some();
-    if !rename && !has_opts {
-        // Cheap splice: insert the field right after the opening brace.
-        if let Some(i) = call.body.iter().position(|b| *b == b'{') {
-            let mut out = Vec::with_capacity(call.body.len() + 48);
-            out.extend_from_slice(&call.body[..=i]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-            out.extend_from_slice(&call.body[i + 1..]);
-            return Ok(Bytes::from(out));
-        }
-    }
-    let mut v: Value = serde_json::from_slice(&call.body)
-        .map_err(|e| errors::bad_request(format!("invalid JSON body: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        if rename {
-            o.insert("model".into(), Value::String(upstream_model.to_string()));
-        }
-        if ask_usage {
-            let so = o
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Some(so) = so.as_object_mut() {
-                so.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
-    }
-    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
 /// Reads a body with an idle timeout between chunks and a size cap.
@@ -348,7 +283,7 @@ fn upstream_error(status: StatusCode, body: &[u8]) -> RelayError {
             e.retry_after = Some(1);
             e
         }
-        401 | 402 | 403 => RelayError::new(Kind::Upstream, "upstream_auth_failed", msg),
+        401..=403 => RelayError::new(Kind::Upstream, "upstream_auth_failed", msg),
         408 | 504 => RelayError::new(Kind::Timeout, "upstream_timeout", msg),
         s if s >= 500 => RelayError::new(Kind::Upstream, "bad_response_status_code", msg),
         404 => {

@@ -196,7 +196,7 @@ impl Snapshot {
         }
         for models in table.values_mut() {
             for tiers in models.values_mut() {
-                tiers.sort_by(|a, b| b.priority.cmp(&a.priority));
+                tiers.sort_by_key(|t| std::cmp::Reverse(t.priority));
             }
         }
         Snapshot { by_id, table }
@@ -218,10 +218,26 @@ impl Snapshot {
     /// Chooses a channel for (group, model), skipping `tried`: the highest
     /// priority tier with an untried channel, weighted random inside it.
     pub fn pick(&self, group: &str, model: &str, tried: &[i64]) -> Option<Arc<ChannelRt>> {
+        self.pick_where(group, model, tried, |_| true)
+    }
+
+    /// [`Snapshot::pick`] among the channels `accept` allows (those that can
+    /// serve the call's endpoint).
+    pub fn pick_where(
+        &self,
+        group: &str,
+        model: &str,
+        tried: &[i64],
+        accept: impl Fn(&ChannelRt) -> bool,
+    ) -> Option<Arc<ChannelRt>> {
         let tiers = self.table.get(group)?.get(model)?;
         let mut rng = rand::rng();
         for tier in tiers {
-            let open = || tier.channels.iter().filter(|c| !tried.contains(&c.id));
+            let open = || {
+                tier.channels
+                    .iter()
+                    .filter(|c| !tried.contains(&c.id) && accept(c))
+            };
             let n = open().count();
             if n == 0 {
                 continue;

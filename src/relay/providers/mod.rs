@@ -4,7 +4,10 @@
 //! The cross-provider tables (usage fields, stop reasons, roles) live in
 //! [`tables`] and nowhere else.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+pub mod responses;
 pub mod tables;
 
 use axum::http::{HeaderName, HeaderValue};
@@ -13,25 +16,31 @@ use bytes::Bytes;
 use super::error::{RelayError, errors};
 use crate::routing::{ChannelKind, ChannelRt};
 
-/// Which API operation a call is.
+/// Which API operation a call is (its inbound door).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic `/v1/messages`.
+    Messages,
+    /// Gemini `:generateContent` / `:streamGenerateContent`.
+    GenerateContent,
+    /// OpenAI `/v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
-    /// Path under an OpenAI-style `/v1`.
+    /// Path under an OpenAI-style `/v1` (for OpenAI-style channels).
     pub fn openai_path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            _ => "/chat/completions",
         }
     }
 
-    /// Whether the operation can stream (and report usage in-stream).
+    /// Whether the operation can stream.
     pub fn streams(self) -> bool {
         !matches!(self, Endpoint::Embeddings)
     }
@@ -42,8 +51,56 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::GenerateContent => "generateContent",
+            Endpoint::Responses => "responses",
         }
     }
+}
+
+/// How a call reaches a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Same dialect both ends: the body passes (model name patched).
+    Pass,
+    /// Different dialects: through the hub format (OpenAI Chat Completions).
+    Convert,
+}
+
+/// The channel's own dialect for chat-like calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Wire {
+    /// The dialect a channel kind speaks.
+    pub fn of(kind: ChannelKind) -> Wire {
+        match kind {
+            ChannelKind::OpenAi | ChannelKind::Custom | ChannelKind::Azure => Wire::OpenAi,
+            ChannelKind::Anthropic => Wire::Anthropic,
+            ChannelKind::Gemini => Wire::Gemini,
+        }
+    }
+}
+
+/// How `ep` reaches a channel of `kind`; `None` when it cannot (embeddings
+/// and legacy completions only go to OpenAI-style channels).
+pub fn route(ep: Endpoint, kind: ChannelKind) -> Option<Route> {
+    let wire = Wire::of(kind);
+    Some(match (ep, wire) {
+        (
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings,
+            Wire::OpenAi,
+        ) => Route::Pass,
+        (Endpoint::Completions | Endpoint::Embeddings, _) => return None,
+        (Endpoint::Messages, Wire::Anthropic) | (Endpoint::GenerateContent, Wire::Gemini) => {
+            Route::Pass
+        }
+        _ => Route::Convert,
+    })
 }
 
 /// A request ready to send upstream.
@@ -55,12 +112,13 @@ pub struct Outbound {
 }
 
 /// Builds the upstream request for `channel`. `body` is already in the
-/// channel's dialect, with the upstream model name in it.
+/// channel's dialect, with the upstream model name in it (Gemini: in the URL).
 pub fn outbound(
     ch: &ChannelRt,
     ep: Endpoint,
     body: Bytes,
     upstream_model: &str,
+    stream: bool,
 ) -> Result<Outbound, RelayError> {
     if ch.base_url.is_empty() {
         return Err(errors::internal(format!(
@@ -68,15 +126,16 @@ pub fn outbound(
             ch.id
         )));
     }
+    // Converted calls speak chat to OpenAI-style channels.
+    let ep = match ep {
+        Endpoint::Completions | Endpoint::Embeddings => ep,
+        _ => Endpoint::ChatCompletions,
+    };
     match ch.kind {
         ChannelKind::OpenAi | ChannelKind::Custom => Ok(openai::outbound(ch, ep, body)),
         ChannelKind::Azure => openai::azure_outbound(ch, ep, body, upstream_model),
-        ChannelKind::Anthropic | ChannelKind::Gemini => Err(errors::internal(format!(
-            "channel {} ({:?}) cannot serve {} yet",
-            ch.id,
-            ch.kind,
-            ep.name()
-        ))),
+        ChannelKind::Anthropic => Ok(anthropic::outbound(ch, body)),
+        ChannelKind::Gemini => Ok(gemini::outbound(ch, upstream_model, stream, body)),
     }
 }
 

@@ -85,3 +85,210 @@ mod tests {
         assert!(openai_usage(b"not json").is_none());
     }
 }
+
+/// Anthropic's `usage`: `input_tokens` excludes cached tokens, so the prompt
+/// total is input + cache writes + cache reads.
+pub fn anthropic_usage(u: &serde_json::Value) -> Usage {
+    let n = |k: &str| {
+        u.get(k)
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+            .max(0)
+    };
+    let cached = n("cache_read_input_tokens");
+    Usage {
+        prompt_tokens: n("input_tokens") + n("cache_creation_input_tokens") + cached,
+        completion_tokens: n("output_tokens"),
+        cached_tokens: cached,
+    }
+}
+
+/// Gemini's `usageMetadata`: thoughts are output; tool-use prompts are input.
+pub fn gemini_usage(u: &serde_json::Value) -> Usage {
+    let n = |a: &str, b: &str| {
+        u.get(a)
+            .or_else(|| u.get(b))
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+            .max(0)
+    };
+    let prompt = n("promptTokenCount", "prompt_token_count")
+        + n("toolUsePromptTokenCount", "tool_use_prompt_token_count");
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: n("candidatesTokenCount", "candidates_token_count")
+            + n("thoughtsTokenCount", "thoughts_token_count"),
+        cached_tokens: n("cachedContentTokenCount", "cached_content_token_count").min(prompt),
+    }
+}
+
+/// OpenAI `usage` JSON for a sluice [`Usage`] (the hub format's usage).
+pub fn openai_usage_json(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// Anthropic `usage` JSON for a sluice [`Usage`].
+pub fn anthropic_usage_json(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "input_tokens": (u.prompt_tokens - u.cached_tokens).max(0),
+        "output_tokens": u.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": u.cached_tokens,
+    })
+}
+
+/// Gemini `usageMetadata` JSON for a sluice [`Usage`].
+pub fn gemini_usage_json(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "promptTokenCount": u.prompt_tokens,
+        "candidatesTokenCount": u.completion_tokens,
+        "totalTokenCount": u.prompt_tokens + u.completion_tokens,
+        "cachedContentTokenCount": u.cached_tokens,
+    })
+}
+
+/// Responses API `usage` JSON for a sluice [`Usage`].
+pub fn responses_usage_json(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+/// Why generation stopped, in OpenAI's words (the hub vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `stop`: natural end or a stop sequence.
+    Stop,
+    /// `length`: the output cap.
+    Length,
+    /// `tool_calls`: the model called tools.
+    ToolCalls,
+    /// `content_filter`: safety or refusal.
+    ContentFilter,
+}
+
+/// The stop-reason table: one row per meaning, one column per API.
+const STOPS: &[(Stop, &str, &str, &str)] = &[
+    // (meaning, OpenAI finish_reason, Anthropic stop_reason, Gemini finishReason)
+    (Stop::Stop, "stop", "end_turn", "STOP"),
+    (Stop::Length, "length", "max_tokens", "MAX_TOKENS"),
+    (Stop::ToolCalls, "tool_calls", "tool_use", "STOP"),
+    (Stop::ContentFilter, "content_filter", "refusal", "SAFETY"),
+];
+
+impl Stop {
+    /// OpenAI's `finish_reason`.
+    pub fn openai(self) -> &'static str {
+        STOPS
+            .iter()
+            .find(|r| r.0 == self)
+            .map(|r| r.1)
+            .unwrap_or("stop")
+    }
+
+    /// Anthropic's `stop_reason`.
+    pub fn anthropic(self) -> &'static str {
+        STOPS
+            .iter()
+            .find(|r| r.0 == self)
+            .map(|r| r.2)
+            .unwrap_or("end_turn")
+    }
+
+    /// Gemini's `finishReason`.
+    pub fn gemini(self) -> &'static str {
+        STOPS
+            .iter()
+            .find(|r| r.0 == self)
+            .map(|r| r.3)
+            .unwrap_or("STOP")
+    }
+
+    /// From OpenAI's `finish_reason` (`function_call` is the legacy tool call).
+    pub fn from_openai(s: &str) -> Stop {
+        match s {
+            "function_call" => Stop::ToolCalls,
+            _ => STOPS
+                .iter()
+                .find(|r| r.1 == s)
+                .map(|r| r.0)
+                .unwrap_or(Stop::Stop),
+        }
+    }
+
+    /// From Anthropic's `stop_reason` (`stop_sequence` and `pause_turn` are
+    /// ends; a full context window is a length stop).
+    pub fn from_anthropic(s: &str) -> Stop {
+        match s {
+            "stop_sequence" | "pause_turn" => Stop::Stop,
+            "model_context_window_exceeded" => Stop::Length,
+            _ => STOPS
+                .iter()
+                .find(|r| r.2 == s)
+                .map(|r| r.0)
+                .unwrap_or(Stop::Stop),
+        }
+    }
+
+    /// From Gemini's `finishReason` (Gemini has no tool-call reason: callers
+    /// use [`Stop::ToolCalls`] when function calls were produced). Every
+    /// safety-like or unknown reason is a content filter, except the
+    /// unspecified one.
+    pub fn from_gemini(s: &str) -> Stop {
+        match s {
+            "STOP" | "FINISH_REASON_UNSPECIFIED" | "" => Stop::Stop,
+            "MAX_TOKENS" => Stop::Length,
+            _ => Stop::ContentFilter,
+        }
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_round_trip_where_meaning_is_kept() {
+        for s in [
+            Stop::Stop,
+            Stop::Length,
+            Stop::ToolCalls,
+            Stop::ContentFilter,
+        ] {
+            assert_eq!(Stop::from_openai(s.openai()), s);
+            assert_eq!(Stop::from_anthropic(s.anthropic()), s);
+        }
+        assert_eq!(Stop::from_gemini("MAX_TOKENS"), Stop::Length);
+        assert_eq!(Stop::from_gemini("RECITATION"), Stop::ContentFilter);
+        assert_eq!(Stop::from_anthropic("stop_sequence"), Stop::Stop);
+    }
+
+    #[test]
+    fn usage_tables() {
+        let a = anthropic_usage(
+            &serde_json::json!({"input_tokens": 5, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2, "output_tokens": 7}),
+        );
+        assert_eq!(
+            (a.prompt_tokens, a.cached_tokens, a.completion_tokens),
+            (10, 3, 7)
+        );
+        let g = gemini_usage(
+            &serde_json::json!({"promptTokenCount": 8, "candidatesTokenCount": 4, "thoughtsTokenCount": 2, "cachedContentTokenCount": 1}),
+        );
+        assert_eq!(
+            (g.prompt_tokens, g.cached_tokens, g.completion_tokens),
+            (8, 1, 6)
+        );
+        let back = anthropic_usage(&anthropic_usage_json(&a));
+        assert_eq!(back, a);
+    }
+}

@@ -1,0 +1,544 @@
+//! Which conversion a call needs between its door and its channel, in one
+//! place: the upstream body, the client's body (non-stream), and the stream
+//! tap. The conversions themselves live in the provider modules; the hub
+//! format is OpenAI Chat Completions.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Call;
+use super::error::{Kind, RelayError, errors};
+use super::providers::tables;
+use super::providers::{Endpoint, Route, Wire, anthropic, gemini, responses};
+use super::sse::Event;
+use super::stream::{OpenAiTap, Tap};
+use super::tab::UsageSource;
+use crate::billing::{Usage, tokens};
+
+/// The call as a hub (Chat Completions) request.
+pub fn hub_request(call: &Call) -> Result<Value, RelayError> {
+    let v: Value = serde_json::from_slice(&call.body)
+        .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
+    Ok(match call.endpoint {
+        Endpoint::Messages => anthropic::request_to_hub(&v),
+        Endpoint::GenerateContent => gemini::request_to_hub(&v, &call.model, call.stream),
+        Endpoint::Responses => responses::request_to_hub(&v).map_err(errors::bad_request)?,
+        _ => {
+            let mut v = v;
+            if call.stream {
+                v["stream_options"] = serde_json::json!({"include_usage": true});
+            }
+            v
+        }
+    })
+}
+
+/// The body to send to a channel of dialect `wire`.
+pub fn upstream_body(
+    call: &Call,
+    wire: Wire,
+    route: Route,
+    upstream_model: &str,
+) -> Result<Bytes, RelayError> {
+    if route == Route::Pass {
+        return pass_body(call, wire, upstream_model);
+    }
+    let mut hub = hub_request(call)?;
+    let out = match wire {
+        Wire::OpenAi => {
+            hub["model"] = Value::String(upstream_model.to_string());
+            hub
+        }
+        Wire::Anthropic => anthropic::request_from_hub(&hub, upstream_model),
+        Wire::Gemini => gemini::request_from_hub(&hub),
+    };
+    Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+/// Same dialect: the original bytes, unless the model name must change or
+/// (OpenAI streams) the usage chunk must be asked for.
+fn pass_body(call: &Call, wire: Wire, upstream_model: &str) -> Result<Bytes, RelayError> {
+    // Gemini carries the model in the URL.
+    let rename = wire != Wire::Gemini && upstream_model != call.model;
+    let ask_usage =
+        wire == Wire::OpenAi && call.stream && call.endpoint.streams() && !call.wants_stream_usage;
+    if !rename && !ask_usage {
+        return Ok(call.body.clone());
+    }
+    let has_opts = memchr::memmem::find(&call.body, b"\"stream_options\"").is_some();
+    if !rename && !has_opts {
+        // Cheap splice: insert the field right after the opening brace.
+        if let Some(i) = call.body.iter().position(|b| *b == b'{') {
+            let mut out = Vec::with_capacity(call.body.len() + 48);
+            out.extend_from_slice(&call.body[..=i]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&call.body[i + 1..]);
+            return Ok(Bytes::from(out));
+        }
+    }
+    let mut v: Value = serde_json::from_slice(&call.body)
+        .map_err(|e| errors::bad_request(format!("invalid JSON body: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        if rename {
+            o.insert("model".into(), Value::String(upstream_model.to_string()));
+        }
+        if ask_usage {
+            let so = o
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(so) = so.as_object_mut() {
+                so.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
+fn bad_body(wire: Wire) -> RelayError {
+    RelayError::new(
+        Kind::Upstream,
+        "bad_response_body",
+        format!("the upstream ({wire:?}) returned a body that is not valid JSON"),
+    )
+}
+
+/// Turns a successful non-stream upstream body into the client's body and
+/// the call's usage. `Err` means the body was unusable (retryable).
+pub fn client_body(
+    call: &Call,
+    wire: Wire,
+    route: Route,
+    body: &[u8],
+) -> Result<(Bytes, Usage, UsageSource), RelayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| bad_body(wire))?;
+    if route == Route::Pass {
+        let reported = match wire {
+            Wire::OpenAi => v
+                .get("usage")
+                .filter(|u| !u.is_null())
+                .and_then(|_| tables::openai_usage(body)),
+            Wire::Anthropic => v
+                .get("usage")
+                .filter(|u| u.is_object())
+                .map(tables::anthropic_usage),
+            Wire::Gemini => v
+                .get("usageMetadata")
+                .or_else(|| v.get("usage_metadata"))
+                .filter(|u| u.is_object())
+                .map(tables::gemini_usage),
+        };
+        let (usage, src) = match reported {
+            Some(u) => (u, UsageSource::Upstream),
+            None => (
+                estimate(call, &to_hub(wire, &v, &call.model)),
+                UsageSource::Local,
+            ),
+        };
+        return Ok((Bytes::copy_from_slice(body), usage, src));
+    }
+    let hub = to_hub(wire, &v, &call.model);
+    let (usage, src) = match hub.get("usage").filter(|u| !u.is_null()) {
+        Some(u) if has_counts(u) => (
+            serde_json::from_value::<tables::OpenAiUsage>(u.clone())
+                .map(|u| u.to_usage())
+                .unwrap_or_default(),
+            UsageSource::Upstream,
+        ),
+        _ => (estimate(call, &hub), UsageSource::Local),
+    };
+    let out = match call.endpoint {
+        Endpoint::Messages => anthropic::response_from_hub(&hub, &call.model, &usage),
+        Endpoint::GenerateContent => gemini::response_from_hub(&hub, &call.model, &usage),
+        Endpoint::Responses => {
+            responses::response_from_hub(&hub, &call.model, &usage, &call.request_id)
+        }
+        _ => {
+            let mut hub = hub;
+            hub["usage"] = tables::openai_usage_json(&usage);
+            hub
+        }
+    };
+    Ok((
+        Bytes::from(serde_json::to_vec(&out).unwrap_or_default()),
+        usage,
+        src,
+    ))
+}
+
+fn has_counts(u: &Value) -> bool {
+    u.get("prompt_tokens").and_then(Value::as_i64).unwrap_or(0) > 0
+        || u.get("completion_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0
+}
+
+/// An upstream response in hub form.
+fn to_hub(wire: Wire, v: &Value, model: &str) -> Value {
+    match wire {
+        Wire::OpenAi => v.clone(),
+        Wire::Anthropic => anthropic::response_to_hub(v),
+        Wire::Gemini => gemini::response_to_hub(v, model),
+    }
+}
+
+/// Usage counted locally from the request and a hub response.
+pub fn estimate(call: &Call, hub_response: &Value) -> Usage {
+    let prompt = hub_request(call)
+        .map(|req| tokens::count_prompt(&call.model, &req))
+        .unwrap_or(0);
+    let mut text = String::new();
+    for c in hub_response
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for v in [
+            c.pointer("/message/content"),
+            c.pointer("/message/tool_calls"),
+            c.get("text"),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokens::text_of(v, &mut text);
+        }
+    }
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: tokens::count(&call.model, &text),
+        cached_tokens: 0,
+    }
+}
+
+/// The stream tap for this door and channel.
+pub fn tap(call: &Call, wire: Wire, route: Route) -> Box<dyn Tap> {
+    if route == Route::Pass {
+        return match wire {
+            Wire::OpenAi => Box::new(OpenAiTap::new(!call.wants_stream_usage)),
+            Wire::Anthropic => Box::new(AnthropicPassTap::default()),
+            Wire::Gemini => Box::new(GeminiPassTap::default()),
+        };
+    }
+    let reader = match wire {
+        Wire::OpenAi => Reader::OpenAi,
+        Wire::Anthropic => Reader::Anthropic(anthropic::ToHub::default()),
+        Wire::Gemini => Reader::Gemini(gemini::ToHub::new(&call.model)),
+    };
+    let writer = match call.endpoint {
+        Endpoint::Messages => {
+            Writer::Anthropic(anthropic::FromHub::new(&call.model, &call.request_id))
+        }
+        Endpoint::GenerateContent => Writer::Gemini(gemini::FromHub::new(&call.model)),
+        Endpoint::Responses => {
+            Writer::Responses(responses::FromHub::new(&call.model, &call.request_id))
+        }
+        _ => Writer::Chat {
+            model: call.model.clone(),
+            hide_usage: !call.wants_stream_usage,
+        },
+    };
+    Box::new(ConvertTap {
+        reader,
+        writer,
+        usage: None,
+        text: String::new(),
+        ended: false,
+    })
+}
+
+/// Anthropic to an Anthropic client: pass-through; usage from
+/// `message_start` (input) and `message_delta` (cumulative output).
+#[derive(Default)]
+struct AnthropicPassTap {
+    usage: Option<Usage>,
+    text: String,
+    stopped: bool,
+}
+
+impl Tap for AnthropicPassTap {
+    fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        out.push(ev.raw.clone());
+        let name = ev.name.as_deref().unwrap_or("");
+        if !matches!(
+            name,
+            "message_start" | "message_delta" | "content_block_delta" | "message_stop"
+        ) {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&ev.data) else {
+            return;
+        };
+        match name {
+            "message_start" => {
+                self.usage = v.pointer("/message/usage").map(tables::anthropic_usage);
+            }
+            "message_delta" => {
+                if let Some(u) = v.get("usage") {
+                    let later = tables::anthropic_usage(u);
+                    let cur = self.usage.get_or_insert_with(Usage::default);
+                    cur.completion_tokens = later.completion_tokens;
+                    if u.get("input_tokens").is_some_and(|x| !x.is_null()) {
+                        cur.prompt_tokens = later.prompt_tokens;
+                        cur.cached_tokens = later.cached_tokens;
+                    }
+                }
+            }
+            "content_block_delta" => {
+                if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+                    self.text.push_str(t);
+                } else if let Some(t) = v.pointer("/delta/partial_json").and_then(Value::as_str) {
+                    self.text.push_str(t);
+                }
+            }
+            _ => self.stopped = true,
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        if !self.stopped {
+            out.push(self.error_event("the upstream ended the stream early"));
+        }
+    }
+
+    fn error_event(&self, message: &str) -> Bytes {
+        anthropic::FromHub::error(message)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        // Without message_delta the output count is only the start's stub.
+        self.usage.filter(|_| self.stopped)
+    }
+
+    fn produced_text(&self) -> String {
+        self.text.clone()
+    }
+}
+
+/// Gemini to a Gemini client: pass-through; the last `usageMetadata` wins.
+#[derive(Default)]
+struct GeminiPassTap {
+    usage: Option<Usage>,
+    text: String,
+    finished: bool,
+}
+
+impl Tap for GeminiPassTap {
+    fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        out.push(ev.raw.clone());
+        let Ok(v) = serde_json::from_slice::<Value>(&ev.data) else {
+            return;
+        };
+        if let Some(u) = v.get("usageMetadata").or_else(|| v.get("usage_metadata")) {
+            self.usage = Some(tables::gemini_usage(u));
+        }
+        if let Some(c) = v.pointer("/candidates/0") {
+            if c.get("finishReason").is_some() || c.get("finish_reason").is_some() {
+                self.finished = true;
+            }
+            for p in c
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    self.text.push_str(t);
+                }
+            }
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        if !self.finished {
+            out.push(self.error_event("the upstream ended the stream early"));
+        }
+    }
+
+    fn error_event(&self, message: &str) -> Bytes {
+        gemini::FromHub::error(message)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage.filter(|_| self.finished)
+    }
+
+    fn produced_text(&self) -> String {
+        self.text.clone()
+    }
+}
+
+enum Reader {
+    OpenAi,
+    Anthropic(anthropic::ToHub),
+    Gemini(gemini::ToHub),
+}
+
+enum Writer {
+    Chat { model: String, hide_usage: bool },
+    Anthropic(anthropic::FromHub),
+    Gemini(gemini::FromHub),
+    Responses(responses::FromHub),
+}
+
+impl Writer {
+    fn chunk(&mut self, c: &Value, out: &mut Vec<Bytes>) {
+        match self {
+            Writer::Chat { model, hide_usage } => {
+                let usage_only = c
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.is_empty());
+                if usage_only && *hide_usage {
+                    return;
+                }
+                let mut c = c.clone();
+                c["model"] = Value::String(model.clone());
+                out.push(Bytes::from(format!("data: {c}\n\n")));
+            }
+            Writer::Anthropic(w) => w.chunk(c, out),
+            Writer::Gemini(w) => w.chunk(c, out),
+            Writer::Responses(w) => w.chunk(c, out),
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Bytes>) {
+        match self {
+            Writer::Chat { .. } => out.push(Bytes::from_static(b"data: [DONE]\n\n")),
+            Writer::Anthropic(w) => w.end(out),
+            Writer::Gemini(w) => w.end(out),
+            Writer::Responses(w) => w.end(out),
+        }
+    }
+
+    fn error(&mut self, message: &str) -> Bytes {
+        match self {
+            Writer::Chat { .. } => {
+                let v = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
+                Bytes::from(format!("data: {v}\n\n"))
+            }
+            Writer::Anthropic(_) => anthropic::FromHub::error(message),
+            Writer::Gemini(_) => gemini::FromHub::error(message),
+            Writer::Responses(w) => w.error(message),
+        }
+    }
+}
+
+/// Upstream dialect → hub chunks → the client's dialect, event by event.
+struct ConvertTap {
+    reader: Reader,
+    writer: Writer,
+    usage: Option<Usage>,
+    text: String,
+    ended: bool,
+}
+
+impl ConvertTap {
+    fn write(&mut self, chunks: Vec<Value>, out: &mut Vec<Bytes>) {
+        for c in chunks {
+            if let Some(u) = c.get("usage").filter(|u| !u.is_null())
+                && let Ok(u) = serde_json::from_value::<tables::OpenAiUsage>(u.clone())
+            {
+                self.usage = Some(u.to_usage());
+            }
+            for ch in c
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for v in [
+                    ch.pointer("/delta/content"),
+                    ch.pointer("/delta/tool_calls"),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    tokens::text_of(v, &mut self.text);
+                }
+            }
+            self.writer.chunk(&c, out);
+        }
+    }
+}
+
+impl Tap for ConvertTap {
+    fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        let mut chunks = Vec::new();
+        let res = match &mut self.reader {
+            Reader::OpenAi => {
+                if &ev.data[..] == b"[DONE]" {
+                    self.ended = true;
+                    Ok(())
+                } else {
+                    match serde_json::from_slice::<Value>(&ev.data) {
+                        Ok(v) if v.get("error").is_some() => Err(v
+                            .pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("upstream stream error")
+                            .to_string()),
+                        Ok(v) => {
+                            chunks.push(v);
+                            Ok(())
+                        }
+                        Err(_) => Ok(()),
+                    }
+                }
+            }
+            Reader::Anthropic(r) => {
+                if ev.name.as_deref() == Some("message_stop") {
+                    self.ended = true;
+                }
+                r.event(ev, &mut chunks)
+            }
+            Reader::Gemini(r) => r.event(ev, &mut chunks),
+        };
+        self.write(chunks, out);
+        if let Err(msg) = res {
+            out.push(self.writer.error(&msg));
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        let mut chunks = Vec::new();
+        match &mut self.reader {
+            // Gemini streams simply end: that is their proper end.
+            Reader::Gemini(r) => {
+                r.end(&mut chunks);
+                self.ended = true;
+            }
+            _ if !self.ended => {
+                out.push(self.writer.error("the upstream ended the stream early"));
+            }
+            _ => {}
+        }
+        self.write(chunks, out);
+        self.writer.end(out);
+    }
+
+    fn error_event(&self, message: &str) -> Bytes {
+        // A broken stream ends here; the writer's own error form is used.
+        match &self.writer {
+            Writer::Anthropic(_) => anthropic::FromHub::error(message),
+            Writer::Gemini(_) => gemini::FromHub::error(message),
+            Writer::Responses(_) => {
+                let v = serde_json::json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0});
+                Bytes::from(format!("event: error\ndata: {v}\n\n"))
+            }
+            Writer::Chat { .. } => {
+                let v = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
+                Bytes::from(format!("data: {v}\n\n"))
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+            .filter(|u| u.prompt_tokens > 0 || u.completion_tokens > 0)
+    }
+
+    fn produced_text(&self) -> String {
+        self.text.clone()
+    }
+}

@@ -1,0 +1,106 @@
+//! The Gemini dialect in: `POST /v1beta/models/{model}:generateContent`,
+//! `:streamGenerateContent` (`?alt=sse`) and `:countTokens`, key in
+//! `x-goog-api-key` or `?key=`.
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::error::{Dialect, RelayError, errors};
+use super::providers::{Endpoint, gemini};
+use super::{Door, Head, gate, read_body, request_id, serve};
+use crate::billing::tokens;
+use crate::state::SharedState;
+
+/// Routes of the Gemini dialect.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/v1beta/models/{model_action}", post(dispatch))
+        .route("/v1/models/{model_action}", post(dispatch))
+}
+
+/// `models/{model}:{action}`: the model and the method share one segment.
+async fn dispatch(
+    State(state): State<SharedState>,
+    Path(model_action): Path<String>,
+    req: Request,
+) -> Response {
+    let Some((model, action)) = model_action.rsplit_once(':') else {
+        return errors::bad_request("expected models/{model}:{method}")
+            .into_dialect(Dialect::Gemini, &request_id(&req.into_parts().0));
+    };
+    let model = model.trim().to_string();
+    let door = Door {
+        endpoint: Endpoint::GenerateContent,
+        dialect: Dialect::Gemini,
+        name: "gemini",
+    };
+    match action {
+        "generateContent" => serve(state, req, door, |b| read_head(b, model, false)).await,
+        "streamGenerateContent" => serve(state, req, door, |b| read_head(b, model, true)).await,
+        "countTokens" => count_tokens(state, req, model).await,
+        other => RelayError::new(
+            super::error::Kind::NotFound,
+            "unknown_method",
+            format!("unknown method '{other}'"),
+        )
+        .into_dialect(Dialect::Gemini, &request_id(&req.into_parts().0)),
+    }
+}
+
+fn read_head(body: &[u8], model: String, stream: bool) -> Result<Head, RelayError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
+    if model.is_empty() {
+        return Err(errors::bad_request("model is required in the path"));
+    }
+    let cfg = v
+        .get("generationConfig")
+        .or_else(|| v.get("generation_config"));
+    let max = cfg
+        .and_then(|c| {
+            c.get("maxOutputTokens")
+                .or_else(|| c.get("max_output_tokens"))
+        })
+        .and_then(Value::as_i64);
+    let n = cfg
+        .and_then(|c| c.get("candidateCount").or_else(|| c.get("candidate_count")))
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    Ok(Head {
+        model,
+        stream,
+        max_output: super::positive_max(max)?.map(|m| m.saturating_mul(n)),
+        wants_stream_usage: true,
+    })
+}
+
+/// Counted locally (tiktoken): no upstream call, no charge.
+async fn count_tokens(state: SharedState, req: Request, model: String) -> Response {
+    let (parts, body) = req.into_parts();
+    let rid = request_id(&parts);
+    let result = async {
+        let caller = gate::admit(&state, &parts).await?;
+        let body = read_body(body, state.config.max_body_bytes).await?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
+        gate::admit_model(&state, &caller, &model).await?;
+        let inner = v
+            .get("generateContentRequest")
+            .or_else(|| v.get("generate_content_request"))
+            .unwrap_or(&v);
+        let hub = gemini::request_to_hub(inner, &model, false);
+        let n = tokio::task::spawn_blocking(move || tokens::count_prompt(&model, &hub))
+            .await
+            .map_err(|e| errors::internal(e.to_string()))?;
+        Ok::<_, RelayError>(n)
+    }
+    .await;
+    match result {
+        Ok(n) => axum::Json(json!({"totalTokens": n})).into_response(),
+        Err(e) => e.into_dialect(Dialect::Gemini, &rid),
+    }
+}
