@@ -25,7 +25,12 @@ async fn status(State(state): State<SharedState>) -> ApiResult {
         "system_name": o.system_name,
         "version": env!("CARGO_PKG_VERSION"),
         "start_time": state.started_at,
-        "quota_per_unit": o.quota_per_unit,
+        // An integer on the wire when whole: Go clients decode it into an int.
+        "quota_per_unit": if o.quota_per_unit.fract() == 0.0 && o.quota_per_unit < 9.0e15 {
+            json!(o.quota_per_unit as i64)
+        } else {
+            json!(o.quota_per_unit)
+        },
         "display_in_currency": true,
         "quota_display_type": "USD",
         "register_enabled": o.register_enabled,
