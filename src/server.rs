@@ -193,6 +193,35 @@ async fn bootstrap_root(store: &Store, config: &Config) -> Result<(), ServerErro
     Ok(())
 }
 
+/// Unknown routes and methods answer in the shape their prefix promises:
+/// the management envelope under `/api`, the OpenAI or Gemini error shape
+/// under the relay prefixes.
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    let msg = format!("no route for {method} {path}");
+    if path == "/api" || path.starts_with("/api/") {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"success": false, "message": msg})),
+        )
+            .into_response();
+    }
+    let dialect = if path.starts_with("/v1beta") {
+        crate::relay::error::Dialect::Gemini
+    } else {
+        crate::relay::error::Dialect::OpenAi
+    };
+    crate::relay::error::RelayError::new(crate::relay::error::Kind::NotFound, "unknown_url", msg)
+        .into_dialect(dialect, "")
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    let mut r = no_route(method, uri).await;
+    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
 /// The full router with its layers.
 pub fn app(state: SharedState) -> Router {
     let max_body = state.config.max_body_bytes;
@@ -200,6 +229,8 @@ pub fn app(state: SharedState) -> Router {
     Router::new()
         .merge(crate::api::router())
         .merge(crate::relay::router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(PropagateRequestIdLayer::new(header.clone()))

@@ -166,6 +166,20 @@ impl RelayError {
             Bytes::from(body.to_string()),
         )
             .into_response();
+        // Tell SDKs not to retry what cannot succeed on a retry (they
+        // otherwise retry 409, 429 and 5xx by default).
+        if matches!(
+            self.kind,
+            Kind::InvalidRequest
+                | Kind::InvalidKey
+                | Kind::Forbidden
+                | Kind::NotFound
+                | Kind::TooLarge
+                | Kind::Quota
+        ) {
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         if let Some(secs) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
