@@ -124,7 +124,6 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let tracker = TaskTracker::new();
-    tracker.spawn_blocking(crate::billing::tokens::warm_up);
     let state = Arc::new(AppState {
         config,
         store,
@@ -276,6 +275,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let app = app(state.clone());
     let stop = shutdown.clone();
     let st = state.clone();
+    // Small writes (stream events) must leave at once: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let handle = tokio::spawn(async move {
         axum::serve(
             listener,

@@ -236,7 +236,13 @@ fn apply(c: &mut Channel, b: &ChannelBody, state: &SharedState, creating: bool) 
     if let Some(k) = &b.key {
         let k = k.trim();
         if !k.is_empty() {
-            next.key_cipher = state.secrets.encrypt(k);
+            let current = if creating {
+                String::new()
+            } else {
+                state.secrets.decrypt(&c.key_cipher).unwrap_or_default()
+            };
+            let k = unmask_key(k, &current)?;
+            next.key_cipher = state.secrets.encrypt(&k);
         } else if creating {
             return Err(ApiError::refused("key is required"));
         }
@@ -245,6 +251,32 @@ fn apply(c: &mut Channel, b: &ChannelBody, state: &SharedState, creating: bool) 
     }
     *c = next;
     Ok(())
+}
+
+/// The key to store for an update. Dashboards and scripts read a channel
+/// (keys masked, as [`view`] shows them) and send the object back; a line
+/// equal to the masked form of a stored key stands for that key, so such a
+/// round trip never replaces a real key by its mask. A masked line that
+/// matches no stored key is refused.
+fn unmask_key(given: &str, current: &str) -> ApiResult<String> {
+    let stored: Vec<&str> = current
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for line in given.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match stored.iter().find(|s| keys::mask(s) == line) {
+            Some(s) => out.push(s.to_string()),
+            None if line.contains("****") => {
+                return Err(ApiError::refused(
+                    "key: a masked key cannot be saved; send the full key (or leave key empty to keep it)",
+                ));
+            }
+            None => out.push(line.to_string()),
+        }
+    }
+    Ok(out.join("\n"))
 }
 
 fn blank(now: i64) -> Channel {
@@ -364,12 +396,15 @@ fn filter_of(q: &PageQuery) -> ChannelFilter {
         keyword: q.param("keyword").map(String::from),
         group: q.param("group").map(String::from),
         model: q.param("model").map(String::from),
+        // new-api's words: `enabled` (status 1) and `disabled` (any other);
+        // a number filters that exact status.
         status: match q.param("status") {
-            Some("enabled") | Some("1") => Some(1),
-            Some("disabled") => None,
-            Some(s) => s.parse().ok(),
+            Some("enabled") => Some(channel_status::ENABLED),
+            Some("disabled") | Some("0") => None,
+            Some(s) => s.trim().parse().ok(),
             None => None,
         },
+        disabled: matches!(q.param("status"), Some("disabled") | Some("0")),
         channel_type: q.int("type"),
     }
 }

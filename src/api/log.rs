@@ -80,8 +80,11 @@ impl From<LogRow> for LogView {
     }
 }
 
-/// Filters from the query string. `admin` also reads `username`, `channel`
-/// and `user_id`.
+/// Filters from the query string (SPEC §8: both views filter by `type`,
+/// `start_timestamp`/`end_timestamp`, `model_name`, `token_name`,
+/// `username`, `channel`, `group` and `request_id`). `admin` also reads
+/// `user_id`; the self view pins `user_id` to the caller, so its other
+/// filters only ever narrow the caller's own rows.
 fn filter(q: &PageQuery, admin: bool) -> LogFilter {
     let s = |k: &str| q.param(k).map(String::from);
     LogFilter {
@@ -92,12 +95,8 @@ fn filter(q: &PageQuery, admin: bool) -> LogFilter {
         token_name: s("token_name"),
         group: s("group"),
         request_id: s("request_id"),
-        username: if admin { s("username") } else { None },
-        channel_id: if admin {
-            q.int("channel").or(q.int("channel_id")).filter(|c| *c > 0)
-        } else {
-            None
-        },
+        username: s("username"),
+        channel_id: q.int("channel").or(q.int("channel_id")).filter(|c| *c > 0),
         user_id: if admin {
             q.int("user_id").filter(|u| *u > 0)
         } else {

@@ -1,6 +1,7 @@
 //! Local token counts (tiktoken), used when an upstream reports no usage and
 //! for the count-tokens endpoints. Counting is CPU work: callers with long
-//! texts run it on the blocking pool.
+//! texts run it on the blocking pool. A vocabulary is loaded on first use
+//! only (tens of MB), so a gateway whose upstreams report usage never pays it.
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -60,12 +61,6 @@ pub fn count_prompt(model: &str, request: &Value) -> i64 {
         }
     }
     count(model, &text) + 3 * messages + 3
-}
-
-/// Loads the common vocabularies so the first request does not pay for it.
-pub fn warm_up() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
 }
 
 #[cfg(test)]

@@ -133,10 +133,20 @@ async fn writer(
                 None => break,
             }
         }
-        // Gather more until the batch is full, a flush is asked, or the window ends.
+        // Gather more until the batch is full, a flush is asked, or the window
+        // ends. A stop ends the window at once: shutdown must not wait out a
+        // long window before the queue is drained.
         let deadline = tokio::time::Instant::now() + cfg.window;
         while batch.len() < cfg.max_batch && !matches!(batch.last(), Some(Entry::Flush(_))) {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let next = tokio::select! {
+                e = tokio::time::timeout_at(deadline, rx.recv()) => e,
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    rx.close();
+                    continue;
+                }
+            };
+            match next {
                 Ok(Some(e)) => batch.push(e),
                 Ok(None) | Err(_) => break,
             }

@@ -81,6 +81,8 @@ pub struct ChannelFilter {
     /// A model name substring.
     pub model: Option<String>,
     pub status: Option<i64>,
+    /// Only channels that are not enabled (manually or auto-disabled).
+    pub disabled: bool,
     pub channel_type: Option<i64>,
 }
 
@@ -114,6 +116,10 @@ impl ChannelFilter {
         if let Some(s) = self.status {
             w.push_str(" AND status = ?");
             a.push(FilterArg::Int(s));
+        }
+        if self.disabled {
+            w.push_str(" AND status <> ?");
+            a.push(FilterArg::Int(channel_status::ENABLED));
         }
         if let Some(t) = self.channel_type {
             w.push_str(" AND type = ?");
