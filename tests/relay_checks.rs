@@ -644,8 +644,6 @@ async fn checks_run_in_spec_order() {
 /// A token the system marked exhausted (status 4) whose expiry has also
 /// passed: "not expired" comes before "quota left" in SPEC §7.
 #[tokio::test]
-#[ignore = "bug in src/relay/gate.rs admit(): a token with status 4 (exhausted) answers 429 \
-            before its expired_time is looked at; SPEC 7 checks expiry before quota (403)"]
 async fn expiry_is_checked_before_an_exhausted_status() {
     let (ts, mock) = setup().await;
     ts.option("ModelPrice", r#"{"fixed-m": 0.001}"#).await;

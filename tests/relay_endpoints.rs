@@ -186,9 +186,6 @@ async fn billing_dashboard_answers_for_the_key() {
 /// new-api's subscription grant is the key's `remain_quota + used_quota`:
 /// spending moves quota from one to the other, the grant stays.
 #[tokio::test]
-#[ignore = "bug in src/relay/openai.rs subscription(): the grant adds the live balance to the \
-            used_quota of the cached token entry (stale until the cache expires), so it shrinks \
-            by every charge (0.5 USD becomes 0.499096 after 4 calls)"]
 async fn billing_subscription_grant_does_not_shrink_as_the_key_spends() {
     let ts = spawn().await;
     let mock = common::relay::mock().await;

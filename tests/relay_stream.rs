@@ -137,8 +137,6 @@ async fn completions_stream_requests_usage_upstream_too() {
 }
 
 #[tokio::test]
-#[ignore = "bug in src/relay/stream.rs OpenAiTap::produced_text: deltas are joined with a space \
-            (tokens::text_of), so 'word0 word1 …' is counted as 'word0  word1  …' (15 tokens, not 11)"]
 async fn without_upstream_usage_the_stream_is_counted_locally() {
     let (ts, _mock) = setup().await;
     let (u, tid, key) = ts
@@ -450,7 +448,7 @@ async fn a_client_leaving_a_silent_stream_cancels_the_upstream_and_pays_what_was
     let (ts, _mock) = setup().await;
     ts.option("ModelRatio", r#"{"m-silent": 1}"#).await;
     ts.option("CompletionRatio", r#"{"m-silent": 2}"#).await;
-    // One content chunk (several would meet the separator bug the ignored
+    // One content chunk (several would meet the separator bug the fixed
     // test above names).
     let (url, closed) = scripted_upstream(&["alpha beta gamma "], Then::Hang).await;
     ts.channel(

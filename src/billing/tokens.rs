@@ -39,6 +39,17 @@ pub fn text_of(v: &Value, out: &mut String) {
     }
 }
 
+/// Every string inside a JSON value appended as is: streamed deltas are
+/// pieces of one text and must not gain separators.
+pub fn append_text(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) if !s.starts_with("data:") => out.push_str(s),
+        Value::Array(a) => a.iter().for_each(|x| append_text(x, out)),
+        Value::Object(o) => o.values().for_each(|x| append_text(x, out)),
+        _ => {}
+    }
+}
+
 /// Prompt tokens of a chat request: the text of its messages plus a few
 /// tokens of framing per message (OpenAI's documented overhead).
 pub fn count_prompt(model: &str, request: &Value) -> i64 {

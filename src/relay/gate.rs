@@ -74,10 +74,11 @@ pub async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, RelayError
         .map_err(|e| errors::internal(format!("key lookup failed: {e}")))?
         .ok_or_else(errors::invalid_key)?;
     let t = &entry.token;
+    // SPEC §7 order: enabled, then not expired, then quota left — so an
+    // exhausted token past its expiry reports the expiry.
     match t.status {
-        token_status::ENABLED => {}
+        token_status::ENABLED | token_status::EXHAUSTED => {}
         token_status::EXPIRED => return Err(errors::token_expired()),
-        token_status::EXHAUSTED => return Err(errors::token_exhausted()),
         _ => return Err(errors::token_disabled()),
     }
     if t.expired_time != -1 && t.expired_time < now() {
@@ -90,6 +91,9 @@ pub async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, RelayError
             .await;
         state.caches.invalidate_token(&t.key_hash).await;
         return Err(errors::token_expired());
+    }
+    if t.status == token_status::EXHAUSTED {
+        return Err(errors::token_exhausted());
     }
     if !t.unlimited_quota {
         let left = state

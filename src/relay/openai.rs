@@ -140,16 +140,21 @@ async fn subscription(State(state): State<SharedState>, req: Request) -> Respons
         Ok(c) => c,
         Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
     };
-    let t = &caller.token.token;
+    // The stored row, not the cached one: used_quota moves with every call.
+    let t = match state
+        .store
+        .token_by_id(caller.token.token.id, crate::store::Owner::Any)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return errors::internal(e.to_string()).into_dialect(Dialect::OpenAi, &rid),
+    };
+    // Every charge moves remain and used by the same amount, so their sum is
+    // the grant.
     let limit = if t.unlimited_quota {
         100_000_000.0
     } else {
-        let left = state
-            .bank
-            .token_available(&state.store, t.id)
-            .await
-            .unwrap_or(t.remain_quota);
-        usd(&state, left.max(0) + t.used_quota)
+        usd(&state, t.remain_quota.max(0) + t.used_quota)
     };
     let access_until = if t.expired_time > 0 {
         t.expired_time

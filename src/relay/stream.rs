@@ -117,7 +117,7 @@ impl Tap for OpenAiTap {
                     .into_iter()
                     .flatten()
                     {
-                        tokens::text_of(part, &mut text);
+                        tokens::append_text(part, &mut text);
                     }
                 }
             }
