@@ -18,6 +18,13 @@
 //! | `truncate` | streams two events, then cuts the connection |
 //! | `stall-<ms>` | streams one event, then is silent for `<ms>` |
 //! | `no-usage` | never reports usage |
+//! | `stream-error` | streams the first events, then the provider's mid-stream error event |
+//! | `bad-key` | the provider's own answer to an invalid key (Gemini: 400 `API_KEY_INVALID`) |
+//!
+//! Failures use each provider's own error body and error type for the status
+//! (OpenAI `{"error":{message,type,code}}`, Anthropic
+//! `{"type":"error","error":{type,message}}`, Gemini
+//! `{"error":{code,message,status}}`).
 //!
 //! Usage is fixed: [`PROMPT_TOKENS`] in, and `min(max_tokens, COMPLETION_TOKENS)`
 //! out, so tests can compute exact costs.
@@ -150,6 +157,8 @@ enum Behaviour {
     Truncate,
     Stall(Duration),
     NoUsage,
+    StreamError,
+    BadKey,
 }
 
 fn behaviour(key: &str) -> Behaviour {
@@ -174,6 +183,8 @@ fn behaviour(key: &str) -> Behaviour {
         "garbage" => Behaviour::Garbage,
         "truncate" => Behaviour::Truncate,
         "no-usage" => Behaviour::NoUsage,
+        "stream-error" => Behaviour::StreamError,
+        "bad-key" => Behaviour::BadKey,
         _ => Behaviour::Normal,
     }
 }
@@ -206,6 +217,16 @@ fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
 async fn pre(b: &Behaviour) -> Option<Response> {
     match b {
         Behaviour::Fail(s) => Some(openai_error(*s, "mock_failure", "mock failure")),
+        Behaviour::BadKey => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(
+                    json!({"error": {"message": "Incorrect API key provided: bad-key.",
+                    "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+                ),
+            )
+                .into_response(),
+        ),
         Behaviour::InsufficientQuota => Some(openai_error(
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
@@ -364,8 +385,18 @@ async fn openai_chat(
         ));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    if b == Behaviour::StreamError {
+        events.truncate(3);
+        events.push(sse(
+            &json!({"error": {"message": MID_STREAM_ERROR, "type": "server_error",
+            "param": null, "code": null}}),
+        ));
+    }
     stream_events(events, b)
 }
+
+/// The message of every mock mid-stream error (`stream-error` key).
+pub const MID_STREAM_ERROR: &str = "mock overloaded mid-stream";
 
 fn named_event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
@@ -479,7 +510,49 @@ async fn anthropic_messages(
         "message_stop",
         &json!({"type": "message_stop"}),
     ));
+    if b == Behaviour::StreamError {
+        // message_start, ping, content_block_start, the first delta.
+        events.truncate(4);
+        events.push(named_event(
+            "error",
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": MID_STREAM_ERROR}}),
+        ));
+    }
     stream_events(events, b)
+}
+
+/// Anthropic's `error.type` for an HTTP status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        529 => "overloaded_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Google's `error.status` (google.rpc.Code name) for an HTTP status.
+pub fn gemini_error_status(status: u16) -> &'static str {
+    match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        s if s >= 500 => "INTERNAL",
+        _ => "FAILED_PRECONDITION",
+    }
 }
 
 /// The failure behaviours, with Anthropic-shaped error bodies.
@@ -487,12 +560,23 @@ async fn pre_anthropic(b: &Behaviour) -> Option<Response> {
     let err = |s: StatusCode, t: &str| {
         (
             s,
-            axum::Json(json!({"type": "error", "error": {"type": t, "message": "mock failure"}})),
+            axum::Json(
+                json!({"type": "error", "error": {"type": t, "message": "mock failure"},
+                "request_id": "req_mock"}),
+            ),
         )
             .into_response()
     };
     match b {
-        Behaviour::Fail(s) => Some(err(*s, "api_error")),
+        Behaviour::Fail(s) => Some(err(*s, anthropic_error_type(s.as_u16()))),
+        Behaviour::BadKey => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"type": "error",
+                    "error": {"type": "authentication_error", "message": "invalid x-api-key"}})),
+            )
+                .into_response(),
+        ),
         Behaviour::InsufficientQuota => {
             Some(err(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"))
         }
@@ -523,11 +607,28 @@ async fn gemini_call(
     );
     let b = behaviour(&key);
     let gerr = |s: StatusCode| {
-        (s, axum::Json(json!({"error": {"code": s.as_u16(), "message": "mock failure", "status": "INTERNAL"}}))).into_response()
+        (
+            s,
+            axum::Json(
+                json!({"error": {"code": s.as_u16(), "message": "mock failure",
+            "status": gemini_error_status(s.as_u16())}}),
+            ),
+        )
+            .into_response()
     };
     match &b {
         Behaviour::Fail(s) => return gerr(*s),
         Behaviour::InsufficientQuota => return gerr(StatusCode::TOO_MANY_REQUESTS),
+        Behaviour::BadKey => {
+            // Gemini answers a bad key with 400, not 401.
+            let msg = "API key not valid. Please pass a valid API key.";
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"code": 400, "message": msg,
+                "status": "INVALID_ARGUMENT", "details": [
+                    {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                     "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+                    {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": msg}]}})))
+                .into_response();
+        }
         other => {
             if let Some(r) = pre(other).await {
                 return r;
@@ -537,9 +638,11 @@ async fn gemini_call(
     let (model, action) = model_action
         .rsplit_once(':')
         .unwrap_or((model_action.as_str(), ""));
-    let max = req
-        .pointer("/generationConfig/maxOutputTokens")
-        .and_then(Value::as_i64)
+    // Gemini accepts camelCase and snake_case field names alike.
+    let either = |v: &Value, a: &str, b: &str| v.get(a).or_else(|| v.get(b)).cloned();
+    let max = either(&req, "generationConfig", "generation_config")
+        .and_then(|g| either(&g, "maxOutputTokens", "max_output_tokens"))
+        .and_then(|m| m.as_i64())
         .unwrap_or(COMPLETION_TOKENS);
     let completion = max.clamp(0, COMPLETION_TOKENS);
     let names: Vec<String> = req
@@ -547,7 +650,8 @@ async fn gemini_call(
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|t| t.get("functionDeclarations").and_then(Value::as_array))
+        .filter_map(|t| either(t, "functionDeclarations", "function_declarations"))
+        .filter_map(|d| d.as_array().cloned())
         .flatten()
         .filter_map(|d| d.get("name").and_then(Value::as_str).map(String::from))
         .collect();
@@ -557,7 +661,11 @@ async fn gemini_call(
         .and_then(|c| c.last())
         .and_then(|c| c.get("parts"))
         .and_then(Value::as_array)
-        .is_some_and(|p| p.iter().any(|x| x.get("functionResponse").is_some()));
+        .is_some_and(|p| {
+            p.iter().any(|x| {
+                x.get("functionResponse").is_some() || x.get("function_response").is_some()
+            })
+        });
     let tool = tool_to_call(names, last_is_result);
     let usage = json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": completion,
         "totalTokenCount": PROMPT_TOKENS + completion});
@@ -596,6 +704,13 @@ async fn gemini_call(
             }
             break;
         }
+    }
+    if b == Behaviour::StreamError {
+        events.truncate(2);
+        events.push(Bytes::from(format!(
+            "data: {}\r\n\r\n",
+            json!({"error": {"code": 503, "message": MID_STREAM_ERROR, "status": "UNAVAILABLE"}})
+        )));
     }
     stream_events(events, b)
 }

@@ -49,12 +49,38 @@ async fn messages(State(state): State<SharedState>, req: Request) -> Response {
         dialect: Dialect::Anthropic,
         name: "anthropic",
     };
-    serve(state, req, door, |b| read_head(b)).await
+    let rid = request_id_of(&req);
+    with_request_id(serve(state, req, door, |b| read_head(b)).await, &rid)
+}
+
+fn request_id_of(req: &Request) -> String {
+    req.extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Anthropic's API names the request id `request-id` (the SDK reads it into
+/// `request_id` of its errors and messages); sluice's own `x-request-id`
+/// stays too.
+fn with_request_id(mut resp: Response, rid: &str) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(rid)
+        && !rid.is_empty()
+    {
+        resp.headers_mut().insert("request-id", v);
+    }
+    resp
 }
 
 /// Counted locally (tiktoken) from the request as the hub sees it: no
 /// upstream call, no charge.
 async fn count_tokens(State(state): State<SharedState>, req: Request) -> Response {
+    let rid = request_id_of(&req);
+    with_request_id(count_tokens_inner(state, req).await, &rid)
+}
+
+async fn count_tokens_inner(state: SharedState, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rid = request_id(&parts);
     let result = async {

@@ -214,9 +214,29 @@ pub fn estimate(call: &Call, hub_response: &Value) -> Usage {
 
 /// The stream tap for this door and channel.
 pub fn tap(call: &Call, wire: Wire, route: Route) -> Box<dyn Tap> {
+    tap_for(
+        call.endpoint,
+        wire,
+        route,
+        &call.model,
+        &call.request_id,
+        call.wants_stream_usage,
+    )
+}
+
+/// The stream tap for a call through door `endpoint` answering as `model`
+/// to a channel of dialect `wire` (what [`tap`] builds from a call).
+pub fn tap_for(
+    endpoint: Endpoint,
+    wire: Wire,
+    route: Route,
+    model: &str,
+    request_id: &str,
+    wants_stream_usage: bool,
+) -> Box<dyn Tap> {
     if route == Route::Pass {
         return match wire {
-            Wire::OpenAi => Box::new(OpenAiTap::new(!call.wants_stream_usage)),
+            Wire::OpenAi => Box::new(OpenAiTap::new(!wants_stream_usage)),
             Wire::Anthropic => Box::new(AnthropicPassTap::default()),
             Wire::Gemini => Box::new(GeminiPassTap::default()),
         };
@@ -224,19 +244,15 @@ pub fn tap(call: &Call, wire: Wire, route: Route) -> Box<dyn Tap> {
     let reader = match wire {
         Wire::OpenAi => Reader::OpenAi,
         Wire::Anthropic => Reader::Anthropic(anthropic::ToHub::default()),
-        Wire::Gemini => Reader::Gemini(gemini::ToHub::new(&call.model)),
+        Wire::Gemini => Reader::Gemini(gemini::ToHub::new(model)),
     };
-    let writer = match call.endpoint {
-        Endpoint::Messages => {
-            Writer::Anthropic(anthropic::FromHub::new(&call.model, &call.request_id))
-        }
-        Endpoint::GenerateContent => Writer::Gemini(gemini::FromHub::new(&call.model)),
-        Endpoint::Responses => {
-            Writer::Responses(responses::FromHub::new(&call.model, &call.request_id))
-        }
+    let writer = match endpoint {
+        Endpoint::Messages => Writer::Anthropic(anthropic::FromHub::new(model, request_id)),
+        Endpoint::GenerateContent => Writer::Gemini(gemini::FromHub::new(model)),
+        Endpoint::Responses => Writer::Responses(responses::FromHub::new(model, request_id)),
         _ => Writer::Chat {
-            model: call.model.clone(),
-            hide_usage: !call.wants_stream_usage,
+            model: model.to_string(),
+            hide_usage: !wants_stream_usage,
         },
     };
     Box::new(ConvertTap {
@@ -245,6 +261,7 @@ pub fn tap(call: &Call, wire: Wire, route: Route) -> Box<dyn Tap> {
         usage: None,
         text: String::new(),
         ended: false,
+        failed: false,
     })
 }
 
@@ -252,15 +269,25 @@ pub fn tap(call: &Call, wire: Wire, route: Route) -> Box<dyn Tap> {
 /// `message_start` (input) and `message_delta` (cumulative output).
 #[derive(Default)]
 struct AnthropicPassTap {
-    usage: Option<Usage>,
+    usage: Option<tables::AnthropicStreamUsage>,
     text: String,
     stopped: bool,
+    /// The upstream sent an error event (already passed on).
+    failed: bool,
 }
 
 impl Tap for AnthropicPassTap {
     fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        if self.failed {
+            return;
+        }
         out.push(ev.raw.clone());
         let name = ev.name.as_deref().unwrap_or("");
+        if name == "error" {
+            // The upstream's error event ends the stream.
+            self.failed = true;
+            return;
+        }
         if !matches!(
             name,
             "message_start" | "message_delta" | "content_block_delta" | "message_stop"
@@ -272,17 +299,13 @@ impl Tap for AnthropicPassTap {
         };
         match name {
             "message_start" => {
-                self.usage = v.pointer("/message/usage").map(tables::anthropic_usage);
+                if let Some(u) = v.pointer("/message/usage") {
+                    self.usage.get_or_insert_default().merge(u);
+                }
             }
             "message_delta" => {
                 if let Some(u) = v.get("usage") {
-                    let later = tables::anthropic_usage(u);
-                    let cur = self.usage.get_or_insert_with(Usage::default);
-                    cur.completion_tokens = later.completion_tokens;
-                    if u.get("input_tokens").is_some_and(|x| !x.is_null()) {
-                        cur.prompt_tokens = later.prompt_tokens;
-                        cur.cached_tokens = later.cached_tokens;
-                    }
+                    self.usage.get_or_insert_default().merge(u);
                 }
             }
             "content_block_delta" => {
@@ -297,7 +320,7 @@ impl Tap for AnthropicPassTap {
     }
 
     fn on_end(&mut self, out: &mut Vec<Bytes>) {
-        if !self.stopped {
+        if !self.stopped && !self.failed {
             out.push(self.error_event("the upstream ended the stream early"));
         }
     }
@@ -308,7 +331,7 @@ impl Tap for AnthropicPassTap {
 
     fn usage(&self) -> Option<Usage> {
         // Without message_delta the output count is only the start's stub.
-        self.usage.filter(|_| self.stopped)
+        self.usage.filter(|_| self.stopped).map(|u| u.usage())
     }
 
     fn produced_text(&self) -> String {
@@ -322,14 +345,24 @@ struct GeminiPassTap {
     usage: Option<Usage>,
     text: String,
     finished: bool,
+    /// The upstream sent an error chunk (already passed on).
+    failed: bool,
 }
 
 impl Tap for GeminiPassTap {
     fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        if self.failed {
+            return;
+        }
         out.push(ev.raw.clone());
         let Ok(v) = serde_json::from_slice::<Value>(&ev.data) else {
             return;
         };
+        if v.get("error").is_some() {
+            // The upstream's error chunk ends the stream.
+            self.failed = true;
+            return;
+        }
         if let Some(u) = v.get("usageMetadata").or_else(|| v.get("usage_metadata")) {
             self.usage = Some(tables::gemini_usage(u));
         }
@@ -351,7 +384,7 @@ impl Tap for GeminiPassTap {
     }
 
     fn on_end(&mut self, out: &mut Vec<Bytes>) {
-        if !self.finished {
+        if !self.finished && !self.failed {
             out.push(self.error_event("the upstream ended the stream early"));
         }
     }
@@ -426,12 +459,18 @@ impl Writer {
 }
 
 /// Upstream dialect → hub chunks → the client's dialect, event by event.
+/// An upstream error ends the client's stream: one error event in the
+/// client's dialect, nothing after it (no closing events that would make a
+/// broken answer look complete).
 struct ConvertTap {
     reader: Reader,
     writer: Writer,
     usage: Option<Usage>,
     text: String,
+    /// The upstream ended its stream properly.
     ended: bool,
+    /// An error event went to the client: the stream is over.
+    failed: bool,
 }
 
 impl ConvertTap {
@@ -465,6 +504,9 @@ impl ConvertTap {
 
 impl Tap for ConvertTap {
     fn on_event(&mut self, ev: &Event, out: &mut Vec<Bytes>) {
+        if self.failed {
+            return;
+        }
         let mut chunks = Vec::new();
         let res = match &mut self.reader {
             Reader::OpenAi => {
@@ -487,31 +529,36 @@ impl Tap for ConvertTap {
                 }
             }
             Reader::Anthropic(r) => {
-                if ev.name.as_deref() == Some("message_stop") {
-                    self.ended = true;
-                }
-                r.event(ev, &mut chunks)
+                let res = r.event(ev, &mut chunks);
+                self.ended = r.stopped();
+                res
             }
             Reader::Gemini(r) => r.event(ev, &mut chunks),
         };
         self.write(chunks, out);
         if let Err(msg) = res {
             out.push(self.writer.error(&msg));
+            self.failed = true;
         }
     }
 
     fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        if self.failed {
+            return;
+        }
         let mut chunks = Vec::new();
-        match &mut self.reader {
-            // Gemini streams simply end: that is their proper end.
-            Reader::Gemini(r) => {
+        if let Reader::Gemini(r) = &mut self.reader {
+            // A Gemini stream simply ends; the chunk with a finishReason
+            // tells a complete one.
+            self.ended = r.finished();
+            if self.ended {
                 r.end(&mut chunks);
-                self.ended = true;
             }
-            _ if !self.ended => {
-                out.push(self.writer.error("the upstream ended the stream early"));
-            }
-            _ => {}
+        }
+        if !self.ended {
+            out.push(self.writer.error("the upstream ended the stream early"));
+            self.failed = true;
+            return;
         }
         self.write(chunks, out);
         self.writer.end(out);
@@ -522,10 +569,7 @@ impl Tap for ConvertTap {
         match &self.writer {
             Writer::Anthropic(_) => anthropic::FromHub::error(message),
             Writer::Gemini(_) => gemini::FromHub::error(message),
-            Writer::Responses(_) => {
-                let v = serde_json::json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0});
-                Bytes::from(format!("event: error\ndata: {v}\n\n"))
-            }
+            Writer::Responses(w) => w.error_event(message),
             Writer::Chat { .. } => {
                 let v = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
                 Bytes::from(format!("data: {v}\n\n"))

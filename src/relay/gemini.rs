@@ -39,7 +39,15 @@ async fn dispatch(
     };
     match action {
         "generateContent" => serve(state, req, door, |b| read_head(b, model, false)).await,
-        "streamGenerateContent" => serve(state, req, door, |b| read_head(b, model, true)).await,
+        "streamGenerateContent" => {
+            // Without `alt=sse` Google streams one JSON array instead of SSE.
+            let sse = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+            let resp = serve(state, req, door, |b| read_head(b, model, true)).await;
+            if sse { resp } else { json_array(resp) }
+        }
         "countTokens" => count_tokens(state, req, model).await,
         other => RelayError::new(
             super::error::Kind::NotFound,
@@ -103,4 +111,87 @@ async fn count_tokens(state: SharedState, req: Request, model: String) -> Respon
         Ok(n) => axum::Json(json!({"totalTokens": n})).into_response(),
         Err(e) => e.into_dialect(Dialect::Gemini, &rid),
     }
+}
+
+/// A Gemini answer in the array form of `:streamGenerateContent` (no
+/// `alt=sse`): the chunks as the elements of one JSON array, written as
+/// they arrive; an error body is wrapped the same way (`[{"error":…}]`).
+fn json_array(resp: Response) -> Response {
+    use futures_util::StreamExt;
+
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let is_sse = parts.status == axum::http::StatusCode::OK;
+    struct State {
+        body: axum::body::BodyDataStream,
+        scanner: super::sse::Scanner,
+        /// Elements written so far.
+        written: usize,
+        is_sse: bool,
+        /// A non-stream body read so far.
+        whole: Vec<u8>,
+        done: bool,
+    }
+    impl State {
+        fn element(&mut self, data: &[u8], out: &mut Vec<u8>) {
+            out.extend_from_slice(if self.written == 0 { b"[" } else { b",\r\n" });
+            out.extend_from_slice(data);
+            self.written += 1;
+        }
+    }
+    let state = State {
+        body: body.into_data_stream(),
+        scanner: super::sse::Scanner::default(),
+        written: 0,
+        is_sse,
+        whole: Vec::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let mut out = Vec::new();
+            match st.body.next().await {
+                Some(Ok(chunk)) if st.is_sse => {
+                    let mut events = Vec::new();
+                    if st.scanner.feed(&chunk, &mut events).is_err() {
+                        st.done = true;
+                    }
+                    for e in events.iter().filter(|e| !e.data.is_empty()) {
+                        st.element(&e.data, &mut out);
+                    }
+                }
+                Some(Ok(chunk)) => st.whole.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(std::io::Error::other(e.to_string())), st));
+                }
+                None => {
+                    st.done = true;
+                    if st.is_sse {
+                        if let Some(e) = st.scanner.finish().filter(|e| !e.data.is_empty()) {
+                            st.element(&e.data, &mut out);
+                        }
+                    } else {
+                        let whole = std::mem::take(&mut st.whole);
+                        st.element(&whole, &mut out);
+                    }
+                    if st.written == 0 {
+                        out.push(b'[');
+                    }
+                    out.push(b']');
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), st));
+            }
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }

@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::tables::{Stop, anthropic_usage, anthropic_usage_json, openai_usage_json};
+use super::tables::{
+    AnthropicStreamUsage, Stop, anthropic_usage, anthropic_usage_json, openai_usage_json,
+};
 use super::{Outbound, header};
 use crate::billing::Usage;
 use crate::relay::sse::Event;
@@ -160,10 +162,14 @@ pub fn request_to_hub(req: &Value) -> Value {
         let t: Vec<Value> = tools
             .iter()
             .filter(|t| t.get("input_schema").is_some())
-            .map(|t| json!({"type": "function", "function": {
-                "name": s(t, "name"), "description": s(t, "description"),
-                "parameters": t.get("input_schema").cloned().unwrap_or(json!({"type": "object"})),
-            }}))
+            .map(|t| {
+                let mut f = json!({"name": s(t, "name"),
+                    "parameters": t.get("input_schema").cloned().unwrap_or(json!({"type": "object"}))});
+                if let Some(d) = t.get("description").filter(|d| d.is_string()) {
+                    f["description"] = d.clone();
+                }
+                json!({"type": "function", "function": f})
+            })
             .collect();
         if !t.is_empty() {
             hub.insert("tools".into(), Value::Array(t));
@@ -177,6 +183,9 @@ pub fn request_to_hub(req: &Value) -> Value {
             _ => json!("auto"),
         };
         hub.insert("tool_choice".into(), v);
+        if tc.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+            hub.insert("parallel_tool_calls".into(), Value::Bool(false));
+        }
     }
     if req.get("stream").and_then(Value::as_bool) == Some(true) {
         hub.insert("stream_options".into(), json!({"include_usage": true}));
@@ -283,6 +292,22 @@ pub fn request_from_hub(hub: &Value, upstream_model: &str) -> Value {
             }
         }
     }
+    // One turn per role change: tool results and the user text after them
+    // share a user turn (results first), as Anthropic expects.
+    let mut merged: Vec<Value> = Vec::with_capacity(messages.len());
+    for m in messages {
+        match merged.last_mut() {
+            Some(last) if last["role"] == m["role"] => {
+                if let (Some(a), Value::Array(more)) =
+                    (last["content"].as_array_mut(), m["content"].clone())
+                {
+                    a.extend(more);
+                }
+            }
+            _ => merged.push(m),
+        }
+    }
+    let messages = merged;
     let max = hub
         .get("max_completion_tokens")
         .or_else(|| hub.get("max_tokens"))
@@ -310,8 +335,14 @@ pub fn request_from_hub(hub: &Value, upstream_model: &str) -> Value {
         let t: Vec<Value> = tools
             .iter()
             .filter_map(|t| t.get("function"))
-            .map(|f| json!({"name": s(f, "name"), "description": s(f, "description"),
-                "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}))}))
+            .map(|f| {
+                let mut t = json!({"name": s(f, "name"),
+                    "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}))});
+                if let Some(d) = f.get("description").filter(|d| d.is_string()) {
+                    t["description"] = d.clone();
+                }
+                t
+            })
             .collect();
         if !t.is_empty() {
             out["tools"] = Value::Array(t);
@@ -330,6 +361,19 @@ pub fn request_from_hub(hub: &Value, upstream_model: &str) -> Value {
         };
         if let Some(v) = v {
             out["tool_choice"] = v;
+        }
+    }
+    if hub.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false)
+        && out.get("tools").is_some()
+    {
+        let tc = out
+            .get("tool_choice")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "auto"}));
+        if tc["type"] != "none" {
+            let mut tc = tc;
+            tc["disable_parallel_tool_use"] = Value::Bool(true);
+            out["tool_choice"] = tc;
         }
     }
     out
@@ -425,7 +469,8 @@ pub fn response_from_hub(hub: &Value, model: &str, usage: &Usage) -> Value {
 pub struct ToHub {
     id: String,
     model: String,
-    usage: Usage,
+    created: i64,
+    usage: AnthropicStreamUsage,
     /// Content block index → tool call index.
     tools: Vec<(i64, usize)>,
     next_tool: usize,
@@ -434,8 +479,13 @@ pub struct ToHub {
 
 impl ToHub {
     fn chunk(&self, delta: Value, finish: Value) -> Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": 0, "model": self.model,
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    /// Whether the stream's `message_stop` was read.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Hub chunks for one Anthropic event; `Err` carries an upstream error.
@@ -448,8 +498,9 @@ impl ToHub {
                 let m = v.get("message").cloned().unwrap_or(Value::Null);
                 self.id = s(&m, "id");
                 self.model = s(&m, "model");
+                self.created = crate::store::now();
                 if let Some(u) = m.get("usage") {
-                    self.usage = anthropic_usage(u);
+                    self.usage.merge(u);
                 }
                 out.push(self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
             }
@@ -475,7 +526,17 @@ impl ToHub {
                     }
                     Some("input_json_delta") => {
                         let block = v.get("index").and_then(Value::as_i64).unwrap_or(0);
-                        if let Some((_, idx)) = self.tools.iter().find(|(b, _)| *b == block) {
+                        let empty = d
+                            .get("partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .is_empty();
+                        if let Some((_, idx)) = self
+                            .tools
+                            .iter()
+                            .find(|(b, _)| *b == block)
+                            .filter(|_| !empty)
+                        {
                             out.push(self.chunk(json!({"tool_calls": [{"index": idx, "function": {"arguments": s(&d, "partial_json")}}]}), Value::Null));
                         }
                     }
@@ -484,22 +545,17 @@ impl ToHub {
             }
             "message_delta" => {
                 if let Some(u) = v.get("usage") {
-                    let later = anthropic_usage(u);
-                    self.usage.completion_tokens = later.completion_tokens;
-                    if u.get("input_tokens").is_some_and(|x| !x.is_null()) {
-                        self.usage.prompt_tokens = later.prompt_tokens;
-                        self.usage.cached_tokens = later.cached_tokens;
-                    }
+                    self.usage.merge(u);
                 }
                 if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.stopped = true;
                     out.push(self.chunk(json!({}), json!(Stop::from_anthropic(r).openai())));
                 }
             }
             "message_stop" => {
+                self.stopped = true;
                 out.push(
-                    json!({"id": self.id, "object": "chat.completion.chunk", "created": 0,
-                    "model": self.model, "choices": [], "usage": openai_usage_json(&self.usage)}),
+                    json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                    "model": self.model, "choices": [], "usage": openai_usage_json(&self.usage.usage())}),
                 );
             }
             "error" => {

@@ -43,6 +43,10 @@ fn s(v: &Value, k: &str) -> String {
         .to_string()
 }
 
+/// The thought signature Google documents for function calls in history
+/// that Gemini did not produce (it skips the signature check).
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
 /// Deterministic tool-call id for the n-th call of a conversation (Gemini
 /// gives none; results are matched by function name).
 fn call_id(n: usize) -> String {
@@ -171,10 +175,29 @@ pub fn request_to_hub(req: &Value, model: &str, stream: bool) -> Value {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|t| get(t, "functionDeclarations", "function_declarations").and_then(Value::as_array))
+        .filter_map(|t| {
+            get(t, "functionDeclarations", "function_declarations").and_then(Value::as_array)
+        })
         .flatten()
-        .map(|d| json!({"type": "function", "function": {"name": s(d, "name"), "description": s(d, "description"),
-            "parameters": get(d, "parameters", "parameters_json_schema").cloned().unwrap_or(json!({"type": "object", "properties": {}}))}}))
+        .map(|d| {
+            // `parameters` is Gemini's OpenAPI subset (upper-case type enum);
+            // `parametersJsonSchema` is JSON Schema already.
+            let parameters = match d.get("parameters") {
+                Some(p) => {
+                    let mut p = p.clone();
+                    schema_to_json_schema(&mut p);
+                    p
+                }
+                None => get(d, "parametersJsonSchema", "parameters_json_schema")
+                    .cloned()
+                    .unwrap_or(json!({"type": "object", "properties": {}})),
+            };
+            let mut f = json!({"name": s(d, "name"), "parameters": parameters});
+            if let Some(desc) = d.get("description").filter(|x| x.is_string()) {
+                f["description"] = desc.clone();
+            }
+            json!({"type": "function", "function": f})
+        })
         .collect();
     if !decls.is_empty() {
         hub.insert("tools".into(), Value::Array(decls));
@@ -201,26 +224,92 @@ pub fn request_to_hub(req: &Value, model: &str, stream: bool) -> Value {
     Value::Object(hub)
 }
 
-/// JSON-Schema keys Gemini's schema subset refuses.
+/// Applies `f` to every sub-schema of a schema object: property schemas
+/// (never the property names, which are user data), `items`, and the
+/// members of `anyOf`/`oneOf`/`allOf`.
+fn for_sub_schemas(o: &mut Map<String, Value>, f: fn(&mut Value)) {
+    if let Some(Value::Object(props)) = o.get_mut("properties") {
+        props.values_mut().for_each(f);
+    }
+    for k in ["items", "additionalProperties"] {
+        if let Some(x) = o.get_mut(k).filter(|x| x.is_object()) {
+            f(x);
+        }
+    }
+    for k in ["anyOf", "any_of", "oneOf", "allOf"] {
+        if let Some(Value::Array(a)) = o.get_mut(k) {
+            a.iter_mut().for_each(f);
+        }
+    }
+}
+
+/// JSON-Schema keys Gemini's schema subset refuses, removed from every
+/// (sub-)schema.
 fn clean_schema(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            for k in [
-                "additionalProperties",
-                "$schema",
-                "$ref",
-                "$defs",
-                "definitions",
-                "strict",
-            ] {
-                o.remove(k);
-            }
-            for (_, child) in o.iter_mut() {
-                clean_schema(child);
+    let Value::Object(o) = v else {
+        return;
+    };
+    for k in [
+        "additionalProperties",
+        "$schema",
+        "$ref",
+        "$defs",
+        "definitions",
+        "strict",
+    ] {
+        o.remove(k);
+    }
+    for_sub_schemas(o, clean_schema);
+}
+
+/// Gemini's OpenAPI-subset schema as JSON Schema: the type enum is upper
+/// case there (`OBJECT`, `STRING`), lower case in JSON Schema.
+fn schema_to_json_schema(v: &mut Value) {
+    let Value::Object(o) = v else {
+        return;
+    };
+    match o.get_mut("type") {
+        Some(Value::String(t)) => *t = t.to_ascii_lowercase(),
+        Some(Value::Array(ts)) => {
+            for t in ts.iter_mut() {
+                if let Value::String(x) = t {
+                    *x = x.to_ascii_lowercase();
+                }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(clean_schema),
         _ => {}
+    }
+    for_sub_schemas(o, schema_to_json_schema);
+}
+
+/// An image's media type from its URL's extension (JPEG when unknown).
+fn image_mime(url: &str) -> &'static str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        _ => "image/jpeg",
+    }
+}
+
+/// The text of a hub content (a string, or the text parts of a list).
+fn hub_text(content: &Value) -> String {
+    match content {
+        Value::String(t) => t.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -241,7 +330,7 @@ fn hub_parts(content: &Value) -> Vec<Value> {
                         Some((mime, data)) => {
                             json!({"inlineData": {"mimeType": mime, "data": data}})
                         }
-                        None => json!({"fileData": {"mimeType": "image/jpeg", "fileUri": url}}),
+                        None => json!({"fileData": {"mimeType": image_mime(url), "fileUri": url}}),
                     })
                 }
                 _ => None,
@@ -268,6 +357,7 @@ pub fn request_from_hub(hub: &Value) -> Value {
             "system" | "developer" => system.extend(hub_parts(content)),
             "assistant" => {
                 let mut parts = hub_parts(content);
+                let mut first_call = true;
                 for c in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -285,7 +375,16 @@ pub fn request_from_hub(hub: &Value) -> Value {
                         .and_then(Value::as_str)
                         .unwrap_or("{}");
                     let args: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
-                    parts.push(json!({"functionCall": {"name": name, "args": args}}));
+                    let mut part = json!({"functionCall": {"name": name, "args": args}});
+                    if first_call {
+                        // History not produced by Gemini has no thought
+                        // signature; Gemini 3 refuses a call turn without
+                        // one unless it carries Google's documented
+                        // placeholder (on the turn's first call only).
+                        part["thoughtSignature"] = json!(SKIP_THOUGHT_SIGNATURE);
+                        first_call = false;
+                    }
+                    parts.push(part);
                 }
                 if !parts.is_empty() {
                     contents.push(json!({"role": "model", "parts": parts}));
@@ -298,10 +397,7 @@ pub fn request_from_hub(hub: &Value) -> Value {
                     .find(|(i, _)| *i == id)
                     .map(|(_, n)| n.clone())
                     .unwrap_or_default();
-                let text = match content {
-                    Value::String(t) => t.clone(),
-                    other => other.to_string(),
-                };
+                let text = hub_text(content);
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(v @ Value::Object(_)) => v,
                     Ok(v @ Value::Array(_)) => json!({"result": v}),
@@ -360,6 +456,21 @@ pub fn request_from_hub(hub: &Value) -> Value {
         }
         _ => {}
     }
+    // Structured output: JSON mode, with the schema when one is given.
+    match hub.pointer("/response_format/type").and_then(Value::as_str) {
+        Some("json_object") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = hub.pointer("/response_format/json_schema/schema") {
+                let mut schema = schema.clone();
+                clean_schema(&mut schema);
+                config.insert("responseSchema".into(), schema);
+            }
+        }
+        _ => {}
+    }
     if !config.is_empty() {
         out["generationConfig"] = Value::Object(config);
     }
@@ -370,7 +481,10 @@ pub fn request_from_hub(hub: &Value) -> Value {
         .flatten()
         .filter_map(|t| t.get("function"))
         .map(|f| {
-            let mut d = json!({"name": s(f, "name"), "description": s(f, "description")});
+            let mut d = json!({"name": s(f, "name")});
+            if let Some(desc) = f.get("description").filter(|x| x.is_string()) {
+                d["description"] = desc.clone();
+            }
             if let Some(p) = f.get("parameters") {
                 let mut p = p.clone();
                 clean_schema(&mut p);
@@ -499,6 +613,7 @@ pub fn response_from_hub(hub: &Value, model: &str, usage: &Usage) -> Value {
 #[derive(Default)]
 pub struct ToHub {
     model: String,
+    created: i64,
     started: bool,
     calls: usize,
     stop: Option<Stop>,
@@ -510,13 +625,20 @@ impl ToHub {
     pub fn new(model: &str) -> ToHub {
         ToHub {
             model: model.to_string(),
+            created: crate::store::now(),
             ..ToHub::default()
         }
     }
 
     fn chunk(&self, delta: Value, finish: Value) -> Value {
-        json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": 0, "model": self.model,
+        json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    /// Whether a chunk with a `finishReason` was read (a Gemini stream has
+    /// no other end marker).
+    pub fn finished(&self) -> bool {
+        self.stop.is_some()
     }
 
     /// Hub chunks for one Gemini event; `Err` carries an upstream error.
@@ -565,7 +687,7 @@ impl ToHub {
         });
         out.push(self.chunk(json!({}), json!(stop.openai())));
         out.push(
-            json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": 0,
+            json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": self.created,
             "model": self.model, "choices": [], "usage": openai_usage_json(&self.usage)}),
         );
     }

@@ -35,7 +35,11 @@ fn parts_to_hub(content: &Value) -> Value {
                                 .to_string(),
                             None => String::new(),
                         };
-                        Some(json!({"type": "image_url", "image_url": {"url": url}}))
+                        let mut image = json!({"url": url});
+                        if let Some(d) = p.get("detail").filter(|d| d.is_string()) {
+                            image["detail"] = d.clone();
+                        }
+                        Some(json!({"type": "image_url", "image_url": image}))
                     }
                     _ => None,
                 })
@@ -141,8 +145,14 @@ pub fn request_to_hub(req: &Value) -> Result<Value, String> {
                     s(t, "type")
                 ));
             }
-            out.push(json!({"type": "function", "function": {"name": s(t, "name"), "description": s(t, "description"),
-                "parameters": t.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}))}}));
+            let mut f = json!({"name": s(t, "name"),
+                "parameters": t.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}))});
+            for k in ["description", "strict"] {
+                if let Some(v) = t.get(k).filter(|v| !v.is_null()) {
+                    f[k] = v.clone();
+                }
+            }
+            out.push(json!({"type": "function", "function": f}));
         }
         if !out.is_empty() {
             hub.insert("tools".into(), Value::Array(out));
@@ -157,16 +167,23 @@ pub fn request_to_hub(req: &Value) -> Result<Value, String> {
         };
         hub.insert("tool_choice".into(), v);
     }
-    if let Some(f) = req
-        .pointer("/text/format")
-        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
-    {
-        hub.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {
-            "name": s(f, "name"), "schema": f.get("schema").cloned().unwrap_or(Value::Null),
-            "strict": f.get("strict").cloned().unwrap_or(Value::Bool(false))}}),
-        );
+    // `text.format` holds what Chat calls `response_format` (flat there:
+    // `name`/`schema` sit beside `type`).
+    if let Some(f) = req.pointer("/text/format") {
+        match f.get("type").and_then(Value::as_str) {
+            Some("json_schema") => {
+                hub.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {
+                    "name": s(f, "name"), "schema": f.get("schema").cloned().unwrap_or(Value::Null),
+                    "strict": f.get("strict").cloned().unwrap_or(Value::Bool(false))}}),
+                );
+            }
+            Some("json_object") => {
+                hub.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            _ => {}
+        }
     }
     if req.get("stream").and_then(Value::as_bool) == Some(true) {
         hub.insert("stream".into(), json!(true));
@@ -458,15 +475,23 @@ impl FromHub {
         self.emit(out, kind, json!({"response": resp}));
     }
 
-    /// An error event.
+    /// An error event (the stream's last), after `response.created` when
+    /// nothing was written yet (the SDK's stream helper wants that first).
     pub fn error(&mut self, message: &str) -> Bytes {
         let mut out = Vec::new();
-        self.emit(
-            &mut out,
-            "error",
-            json!({"code": "server_error", "message": message, "param": null}),
-        );
-        out.pop().unwrap_or_default()
+        self.start(&mut out);
+        out.push(self.error_event(message));
+        self.seq += 1;
+        self.finished = true;
+        Bytes::from(out.concat())
+    }
+
+    /// The error event that would come next, numbered after the events
+    /// already written.
+    pub fn error_event(&self, message: &str) -> Bytes {
+        let data = json!({"type": "error", "code": "server_error", "message": message,
+            "param": null, "sequence_number": self.seq});
+        Bytes::from(format!("event: error\ndata: {data}\n\n"))
     }
 }
 

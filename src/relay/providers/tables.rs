@@ -103,6 +103,41 @@ pub fn anthropic_usage(u: &serde_json::Value) -> Usage {
     }
 }
 
+/// Anthropic usage across a stream: `message_start` carries the input (and
+/// cache) counts, each `message_delta` cumulative counts. A later event
+/// overwrites only the fields it carries non-null (as the SDK does).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AnthropicStreamUsage {
+    input: i64,
+    cache_creation: i64,
+    cache_read: i64,
+    output: i64,
+}
+
+impl AnthropicStreamUsage {
+    /// Takes the non-null fields of a `usage` object.
+    pub fn merge(&mut self, u: &serde_json::Value) {
+        let take = |k: &str, into: &mut i64| {
+            if let Some(n) = u.get(k).and_then(serde_json::Value::as_i64) {
+                *into = n.max(0);
+            }
+        };
+        take("input_tokens", &mut self.input);
+        take("cache_creation_input_tokens", &mut self.cache_creation);
+        take("cache_read_input_tokens", &mut self.cache_read);
+        take("output_tokens", &mut self.output);
+    }
+
+    /// In sluice's terms (see [`anthropic_usage`]).
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.input + self.cache_creation + self.cache_read,
+            completion_tokens: self.output,
+            cached_tokens: self.cache_read,
+        }
+    }
+}
+
 /// Gemini's `usageMetadata`: thoughts are output; tool-use prompts are input.
 pub fn gemini_usage(u: &serde_json::Value) -> Usage {
     let n = |a: &str, b: &str| {
