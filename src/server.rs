@@ -215,7 +215,10 @@ async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> axum::res
         .into_dialect(dialect, "")
 }
 
-async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+async fn wrong_method(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
     let mut r = no_route(method, uri).await;
     *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     r

@@ -21,7 +21,8 @@ struct Stats {
 }
 
 fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
 }
 
 fn unreachable_hist() -> Histogram<u64> {
@@ -29,7 +30,14 @@ fn unreachable_hist() -> Histogram<u64> {
     std::process::exit(2)
 }
 
-async fn one(client: &reqwest::Client, url: &str, body: &bytes::Bytes, bearer: &str, start: Instant, stats: &Mutex<Stats>) {
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    body: &bytes::Bytes,
+    bearer: &str,
+    start: Instant,
+    stats: &Mutex<Stats>,
+) {
     let mut rb = client
         .post(url)
         .header("content-type", "application/json")
@@ -55,7 +63,9 @@ async fn one(client: &reqwest::Client, url: &str, body: &bytes::Bytes, bearer: &
         Ok((true, first)) => {
             s.ok += 1;
             let _ = s.total.record(total.as_micros().max(1) as u64);
-            let _ = s.ttfb.record(first.unwrap_or(total).as_micros().max(1) as u64);
+            let _ = s
+                .ttfb
+                .record(first.unwrap_or(total).as_micros().max(1) as u64);
         }
         _ => s.failed += 1,
     }
@@ -90,7 +100,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let stats = Arc::new(Mutex::new(Stats { total: hist(), ttfb: hist(), ok: 0, failed: 0 }));
+    let stats = Arc::new(Mutex::new(Stats {
+        total: hist(),
+        ttfb: hist(),
+        ok: 0,
+        failed: 0,
+    }));
     let began = Instant::now();
     let end = began + Duration::from_secs_f64(secs);
     if rate == 0 {
@@ -104,8 +119,13 @@ async fn main() -> std::process::ExitCode {
         let mut next = began;
         while next < end {
             tokio::time::sleep_until(next.into()).await;
-            let (client, url, body, bearer, stats) =
-                (client.clone(), url.clone(), body.clone(), bearer.clone(), stats.clone());
+            let (client, url, body, bearer, stats) = (
+                client.clone(),
+                url.clone(),
+                body.clone(),
+                bearer.clone(),
+                stats.clone(),
+            );
             let scheduled = next;
             tasks.spawn(async move { one(&client, &url, &body, &bearer, scheduled, &stats).await });
             next += interval;
