@@ -721,7 +721,10 @@ fn stream_events(events: Vec<Bytes>, b: Behaviour) -> Response {
         Behaviour::Truncate => {
             let head: Vec<Result<Bytes, std::io::Error>> =
                 events.into_iter().take(2).map(Ok).collect();
+            // Give hyper time to write the first events before the cut (an
+            // immediate error aborts the connection with nothing sent).
             let tail = stream::once(async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 Err::<Bytes, std::io::Error>(std::io::Error::other("mock cut the stream"))
             });
             Body::from_stream(futures_util::StreamExt::chain(stream::iter(head), tail))

@@ -329,6 +329,10 @@ impl Tap for AnthropicPassTap {
         anthropic::FromHub::error(message)
     }
 
+    fn failed(&self) -> bool {
+        self.failed
+    }
+
     fn usage(&self) -> Option<Usage> {
         // Without message_delta the output count is only the start's stub.
         self.usage.filter(|_| self.stopped).map(|u| u.usage())
@@ -391,6 +395,10 @@ impl Tap for GeminiPassTap {
 
     fn error_event(&self, message: &str) -> Bytes {
         gemini::FromHub::error(message)
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -575,6 +583,10 @@ impl Tap for ConvertTap {
                 Bytes::from(format!("data: {v}\n\n"))
             }
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 
     fn usage(&self) -> Option<Usage> {

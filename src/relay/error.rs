@@ -83,7 +83,8 @@ impl Kind {
             Kind::NotFound => "not_found_error",
             Kind::Quota | Kind::RateLimited => "rate_limit_error",
             Kind::Unavailable => "overloaded_error",
-            Kind::Upstream | Kind::Timeout | Kind::Internal => "api_error",
+            Kind::Timeout => "timeout_error",
+            Kind::Upstream | Kind::Internal => "api_error",
         }
     }
 

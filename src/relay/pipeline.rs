@@ -148,11 +148,18 @@ async fn attempt(
         Ok(Ok(r)) => r,
     };
     tab.first_response = Some(Instant::now());
-    let status = resp.status();
+    let mut status = resp.status();
     if !status.is_success() {
         let body = read_limited(resp, timeouts.upstream_idle(), 64 * 1024)
             .await
             .unwrap_or_default();
+        // Gemini refuses a bad key with 400 INVALID_ARGUMENT: it is the
+        // channel's failure, not the caller's.
+        if status == StatusCode::BAD_REQUEST
+            && memchr::memmem::find(&body, b"API_KEY_INVALID").is_some()
+        {
+            status = StatusCode::UNAUTHORIZED;
+        }
         let err = upstream_error(status, &body);
         maybe_auto_disable(state, ch, status, &body);
         return if retryable(status) {

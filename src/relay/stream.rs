@@ -38,6 +38,11 @@ pub trait Tap: Send {
     fn usage(&self) -> Option<Usage>;
     /// The generated text so far (for a local count).
     fn produced_text(&self) -> String;
+    /// Whether the client was already sent an error event (nothing may
+    /// follow it).
+    fn failed(&self) -> bool {
+        false
+    }
 }
 
 /// OpenAI chunks to an OpenAI client: pass-through. Hides the usage-only
@@ -48,6 +53,8 @@ pub struct OpenAiTap {
     /// Data payloads kept until usage arrives (cheap: `Bytes` share memory).
     kept: Vec<Bytes>,
     done: bool,
+    /// The upstream sent an error chunk (passed on as is).
+    errored: bool,
 }
 
 impl OpenAiTap {
@@ -58,6 +65,7 @@ impl OpenAiTap {
             usage: None,
             kept: Vec::new(),
             done: false,
+            errored: false,
         }
     }
 }
@@ -67,6 +75,11 @@ impl Tap for OpenAiTap {
         let data = &ev.data[..];
         if data == b"[DONE]" {
             self.done = true;
+            out.push(ev.raw.clone());
+            return;
+        }
+        if data.starts_with(b"{\"error\"") {
+            self.errored = true;
             out.push(ev.raw.clone());
             return;
         }
@@ -86,9 +99,13 @@ impl Tap for OpenAiTap {
     }
 
     fn on_end(&mut self, out: &mut Vec<Bytes>) {
-        if !self.done {
+        if !self.done && !self.errored {
             out.push(self.error_event("the upstream ended the stream early"));
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.errored
     }
 
     fn error_event(&self, message: &str) -> Bytes {
@@ -190,9 +207,10 @@ impl Relay {
     async fn break_off(&mut self, why: &str) -> Option<Bytes> {
         self.eof = true;
         self.queue.clear();
-        let ev = self.tap.error_event(why);
+        let ev = (!self.tap.failed()).then(|| self.tap.error_event(why));
         self.settle(StatusCode::BAD_GATEWAY, false).await;
-        Some(ev)
+        // After an error already sent, the stream just ends.
+        ev
     }
 
     fn usage(&self) -> (Usage, UsageSource) {
