@@ -36,7 +36,7 @@ pub enum ServerError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(#[from] crate::relay::upstream::UpstreamError),
 }
 
 /// The ledger writer, stopped last at shutdown.
@@ -117,12 +117,7 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         &writer.tracker,
         writer.stop.clone(),
     );
-    let http = reqwest::Client::builder()
-        .connect_timeout(config.upstream_connect())
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    let http = crate::relay::upstream::Upstream::new(config.upstream_connect())?;
     let tracker = TaskTracker::new();
     let state = Arc::new(AppState {
         config,

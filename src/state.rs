@@ -35,7 +35,7 @@ pub struct AppState {
     /// The routing table; replaced whole when a channel changes.
     pub routing: ArcSwap<Snapshot>,
     /// The pooled upstream client.
-    pub http: reqwest::Client,
+    pub http: crate::relay::upstream::Upstream,
     /// Background tasks; shutdown waits for them.
     pub tracker: tokio_util::task::TaskTracker,
 }

@@ -158,7 +158,7 @@ fn apply(c: &mut Channel, b: &ChannelBody, state: &SharedState, creating: bool) 
     if let Some(u) = &b.base_url {
         let u = u.trim();
         if !u.is_empty() {
-            let parsed = reqwest::Url::parse(u)
+            let parsed = url::Url::parse(u)
                 .map_err(|_| ApiError::refused("base_url must be an http(s) URL"))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                 return Err(ApiError::refused("base_url must be an http(s) URL"));
@@ -631,20 +631,18 @@ async fn run_test(
         false,
     )
     .map_err(|e| e.message)?;
-    let mut rb = state
-        .http
-        .post(&out.url)
-        .header(axum::http::header::CONTENT_TYPE, "application/json")
-        .body(out.body);
-    for (k, v) in out.headers {
-        rb = rb.header(k, v);
-    }
-    let resp = tokio::time::timeout(state.config.upstream_first_byte(), rb.send())
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("request failed: {e}"))?;
+    let resp = tokio::time::timeout(
+        state.config.upstream_first_byte(),
+        state.http.post(out.url, out.headers, out.body),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let body = crate::relay::pipeline::read_limited(resp, state.config.upstream_idle(), 1 << 20)
+        .await
+        .map_err(|e| e.message)?;
+    let text = String::from_utf8_lossy(&body);
     if !status.is_success() {
         return Err(format!(
             "upstream answered {}: {}",

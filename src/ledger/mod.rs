@@ -205,6 +205,15 @@ struct Sums {
     last: i64,
 }
 
+/// Rows per multi-row INSERT. Only these few sizes are used, so each has
+/// one prepared statement that is reused: preparing a fresh statement for
+/// every batch size cost more than inserting the rows.
+const CHUNKS: [usize; 4] = [256, 32, 8, 1];
+
+fn insert_chunk(len: usize) -> usize {
+    CHUNKS.into_iter().find(|c| *c <= len).unwrap_or(1)
+}
+
 /// Commits one batch in one transaction, then tells the bank.
 async fn commit(store: &Store, bank: &LocalBank, batch: &[Entry]) -> Result<(), StoreError> {
     let mut logs: Vec<&NewLog> = Vec::new();
@@ -241,8 +250,11 @@ async fn commit(store: &Store, bank: &LocalBank, batch: &[Entry]) -> Result<(), 
         return Ok(());
     }
     let mut tx = store.pool().begin().await?;
-    for chunk in logs.chunks(200) {
-        store.insert_logs_in(&mut tx, chunk).await?;
+    let mut rest = &logs[..];
+    while !rest.is_empty() {
+        let n = insert_chunk(rest.len());
+        store.insert_logs_in(&mut tx, &rest[..n]).await?;
+        rest = &rest[n..];
     }
     for (id, s) in &tokens {
         // `status` first: MySQL evaluates SET left to right with new values.

@@ -108,8 +108,24 @@ pub fn client_body(
     call: &Call,
     wire: Wire,
     route: Route,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<(Bytes, Usage, UsageSource), RelayError> {
+    // Hot path: OpenAI to OpenAI. Only `usage` is read; the body goes back
+    // as is. Anything unusual takes the full parse below.
+    if route == Route::Pass && wire == Wire::OpenAi {
+        if let Some(u) = tables::openai_usage_fast(body)
+            && (u.prompt_tokens > 0 || u.completion_tokens > 0)
+        {
+            return Ok((body.clone(), u, UsageSource::Upstream));
+        }
+        match tables::openai_usage_checked(body) {
+            Ok(Some(u)) if u.prompt_tokens > 0 || u.completion_tokens > 0 => {
+                return Ok((body.clone(), u, UsageSource::Upstream));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(bad_body(wire)),
+        }
+    }
     let v: Value = serde_json::from_slice(body).map_err(|_| bad_body(wire))?;
     if route == Route::Pass {
         let reported = match wire {
@@ -134,7 +150,7 @@ pub fn client_body(
                 UsageSource::Local,
             ),
         };
-        return Ok((Bytes::copy_from_slice(body), usage, src));
+        return Ok((body.clone(), usage, src));
     }
     let hub = to_hub(wire, &v, &call.model);
     let (usage, src) = match hub.get("usage").filter(|u| !u.is_null()) {

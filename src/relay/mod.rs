@@ -17,6 +17,7 @@ pub mod responses;
 pub mod sse;
 pub mod stream;
 pub mod tab;
+pub mod upstream;
 
 use std::time::Instant;
 

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::error::{Kind, RelayError, errors};
 use super::providers::{self, Wire};
 use super::tab::Tab;
+use super::upstream::{self, UpstreamError};
 use super::{Call, convert, stream};
 use crate::billing::Price;
 use crate::billing::bank::{BankError, Refusal};
@@ -132,16 +133,12 @@ async fn attempt(
         Ok(o) => o,
         Err(e) => return Err((e, tab)),
     };
-    let mut rb = state
-        .http
-        .post(&out.url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(out.body);
-    for (k, v) in out.headers {
-        rb = rb.header(k, v);
-    }
     let timeouts = &state.config;
-    let sent = tokio::time::timeout(timeouts.upstream_first_byte(), rb.send()).await;
+    let sent = tokio::time::timeout(
+        timeouts.upstream_first_byte(),
+        state.http.post(out.url, out.headers, out.body),
+    )
+    .await;
     let resp = match sent {
         Err(_) => return Err((upstream_timeout(ch), tab)),
         Ok(Err(e)) => return Err((upstream_unreachable(ch, &e), tab)),
@@ -197,11 +194,11 @@ async fn attempt(
 
 /// Reads a body with an idle timeout between chunks and a size cap.
 pub async fn read_limited(
-    resp: reqwest::Response,
+    resp: axum::http::Response<hyper::body::Incoming>,
     idle: std::time::Duration,
     max: usize,
 ) -> Result<Bytes, RelayError> {
-    let mut s = resp.bytes_stream();
+    let mut s = std::pin::pin!(upstream::body_stream(resp));
     let mut buf = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(idle, s.next()).await {
@@ -251,13 +248,10 @@ fn upstream_timeout(ch: &ChannelRt) -> RelayError {
     )
 }
 
-fn upstream_unreachable(ch: &ChannelRt, e: &reqwest::Error) -> RelayError {
-    let what = if e.is_connect() {
-        "could not connect"
-    } else if e.is_timeout() {
-        return upstream_timeout(ch);
-    } else {
-        "request failed"
+fn upstream_unreachable(ch: &ChannelRt, e: &UpstreamError) -> RelayError {
+    let what = match e {
+        UpstreamError::Connect(_) => "could not connect",
+        _ => "request failed",
     };
     RelayError::new(
         Kind::Upstream,

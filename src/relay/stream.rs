@@ -23,7 +23,7 @@ use super::tab::{Tab, UsageSource};
 use crate::billing::{Usage, tokens};
 use crate::state::SharedState;
 
-type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 /// Watches (and, for conversions, rewrites) the events of one stream.
 pub trait Tap: Send {
@@ -261,7 +261,7 @@ pub async fn start(
     state: &SharedState,
     call: &Call,
     tab: Tab,
-    resp: reqwest::Response,
+    resp: axum::http::Response<hyper::body::Incoming>,
 ) -> Result<Response, (RelayError, Tab)> {
     let tap: Box<dyn Tap> = Box::new(OpenAiTap::new(!call.wants_stream_usage));
     start_with(state, call, tab, resp, tap).await
@@ -272,11 +272,11 @@ pub async fn start_with(
     state: &SharedState,
     call: &Call,
     tab: Tab,
-    resp: reqwest::Response,
+    resp: axum::http::Response<hyper::body::Incoming>,
     tap: Box<dyn Tap>,
 ) -> Result<Response, (RelayError, Tab)> {
     let idle = state.config.upstream_idle();
-    let mut upstream: Upstream = Box::pin(resp.bytes_stream());
+    let mut upstream: Upstream = Box::pin(super::upstream::body_stream(resp));
     let mut scanner = Scanner::default();
     let mut events = Vec::new();
     let mut eof = false;

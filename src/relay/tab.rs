@@ -33,8 +33,18 @@ struct Other<'a> {
     dialect: &'a str,
     upstream_model: &'a str,
     channel_name: &'a str,
-    #[serde(flatten)]
-    price: Price,
+    /// How the call was priced: `ratio`, `fixed` or `free`.
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_price: Option<f64>,
     cached_tokens: i64,
     usage_source: UsageSource,
     use_time_ms: u128,
@@ -119,7 +129,35 @@ impl Tab {
             dialect: self.dialect,
             upstream_model: &self.upstream_model,
             channel_name: &self.channel_name,
-            price: self.price,
+            mode: match self.price {
+                Price::Ratio { .. } => "ratio",
+                Price::Fixed { .. } => "fixed",
+                Price::Free => "free",
+            },
+            model_ratio: match self.price {
+                Price::Ratio { model_ratio, .. } => Some(model_ratio),
+                _ => None,
+            },
+            completion_ratio: match self.price {
+                Price::Ratio {
+                    completion_ratio, ..
+                } => Some(completion_ratio),
+                _ => None,
+            },
+            cache_ratio: match self.price {
+                Price::Ratio { cache_ratio, .. } => Some(cache_ratio),
+                _ => None,
+            },
+            group_ratio: match self.price {
+                Price::Ratio { group_ratio, .. } | Price::Fixed { group_ratio, .. } => {
+                    Some(group_ratio)
+                }
+                Price::Free => None,
+            },
+            model_price: match self.price {
+                Price::Fixed { model_price, .. } => Some(model_price),
+                _ => None,
+            },
             cached_tokens: usage.cached_tokens,
             usage_source: source,
             use_time_ms: elapsed.as_millis(),

@@ -70,6 +70,41 @@ pub struct ChannelRt {
     pub other: String,
     pub auto_ban: bool,
     pub test_model: String,
+    /// Upstream addresses parsed once (hot path): OpenAI-style
+    /// `{base}/v1/chat/completions`, `/completions`, `/embeddings`, and
+    /// Anthropic `{base}/v1/messages`. `None` when the base URL is unusable.
+    pub urls: Option<Box<ChannelUrls>>,
+    /// `Bearer <key>` header values, one per key.
+    pub bearers: Vec<axum::http::HeaderValue>,
+}
+
+/// A channel's fixed upstream addresses, parsed once.
+#[derive(Debug)]
+pub struct ChannelUrls {
+    pub chat: axum::http::Uri,
+    pub completions: axum::http::Uri,
+    pub embeddings: axum::http::Uri,
+    pub messages: axum::http::Uri,
+}
+
+impl ChannelUrls {
+    fn new(base: &str) -> Option<ChannelUrls> {
+        let at = |path: &str| {
+            let base = base.trim_end_matches('/');
+            let full = if base.ends_with("/v1") {
+                format!("{base}{path}")
+            } else {
+                format!("{base}/v1{path}")
+            };
+            full.parse::<axum::http::Uri>().ok()
+        };
+        Some(ChannelUrls {
+            chat: at("/chat/completions")?,
+            completions: at("/completions")?,
+            embeddings: at("/embeddings")?,
+            messages: at("/messages")?,
+        })
+    }
 }
 
 impl ChannelRt {
@@ -95,7 +130,17 @@ impl ChannelRt {
         } else {
             c.base_url.trim().trim_end_matches('/').to_string()
         };
+        let bearers = keys
+            .iter()
+            .filter_map(|k| axum::http::HeaderValue::from_str(&format!("Bearer {k}")).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+            .collect();
         Some(ChannelRt {
+            urls: ChannelUrls::new(&base).map(Box::new),
+            bearers,
             id: c.id,
             name: c.name.clone(),
             kind,
@@ -123,10 +168,14 @@ impl ChannelRt {
 
     /// One of the channel's keys, at random.
     pub fn pick_key(&self) -> &str {
+        self.keys.get(self.pick()).map(String::as_str).unwrap_or("")
+    }
+
+    /// The index of one of the channel's keys, at random.
+    pub fn pick(&self) -> usize {
         match self.keys.len() {
-            0 => "",
-            1 => &self.keys[0],
-            n => &self.keys[rand::rng().random_range(0..n)],
+            0 | 1 => 0,
+            n => rand::rng().random_range(0..n),
         }
     }
 }

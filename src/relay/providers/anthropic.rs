@@ -19,15 +19,18 @@ pub const API_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: i64 = 4096;
 
 /// `{base}/v1/messages` with `x-api-key`.
-pub fn outbound(ch: &ChannelRt, body: Bytes) -> Outbound {
+pub fn outbound(ch: &ChannelRt, body: Bytes) -> Result<Outbound, crate::relay::error::RelayError> {
+    let url = ch
+        .urls
+        .as_ref()
+        .map(|u| u.messages.clone())
+        .ok_or_else(|| {
+            crate::relay::error::errors::internal(format!("channel {}: invalid base URL", ch.id))
+        })?;
     let mut headers = Vec::with_capacity(2);
     headers.extend(header("x-api-key", ch.pick_key()));
     headers.extend(header("anthropic-version", API_VERSION));
-    Outbound {
-        url: super::join_v1(&ch.base_url, "/messages"),
-        headers,
-        body,
-    }
+    Ok(Outbound { url, headers, body })
 }
 
 fn s(v: &Value, k: &str) -> String {

@@ -15,7 +15,12 @@ use crate::routing::ChannelRt;
 
 /// `{base}/v1beta/models/{model}:generateContent` (or
 /// `:streamGenerateContent?alt=sse`) with `x-goog-api-key`.
-pub fn outbound(ch: &ChannelRt, upstream_model: &str, stream: bool, body: Bytes) -> Outbound {
+pub fn outbound(
+    ch: &ChannelRt,
+    upstream_model: &str,
+    stream: bool,
+    body: Bytes,
+) -> Result<Outbound, crate::relay::error::RelayError> {
     let base = ch.base_url.trim_end_matches('/');
     let base = base.strip_suffix("/v1beta").unwrap_or(base);
     let model = upstream_model
@@ -28,7 +33,11 @@ pub fn outbound(ch: &ChannelRt, upstream_model: &str, stream: bool, body: Bytes)
     };
     let mut headers = Vec::with_capacity(1);
     headers.extend(header("x-goog-api-key", ch.pick_key()));
-    Outbound { url, headers, body }
+    Ok(Outbound {
+        url: super::parse_url(&url)?,
+        headers,
+        body,
+    })
 }
 
 /// A field under either spelling.

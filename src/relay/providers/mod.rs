@@ -106,7 +106,7 @@ pub fn route(ep: Endpoint, kind: ChannelKind) -> Option<Route> {
 /// A request ready to send upstream.
 #[derive(Debug)]
 pub struct Outbound {
-    pub url: String,
+    pub url: axum::http::Uri,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
 }
@@ -132,11 +132,17 @@ pub fn outbound(
         _ => Endpoint::ChatCompletions,
     };
     match ch.kind {
-        ChannelKind::OpenAi | ChannelKind::Custom => Ok(openai::outbound(ch, ep, body)),
+        ChannelKind::OpenAi | ChannelKind::Custom => openai::outbound(ch, ep, body),
         ChannelKind::Azure => openai::azure_outbound(ch, ep, body, upstream_model),
-        ChannelKind::Anthropic => Ok(anthropic::outbound(ch, body)),
-        ChannelKind::Gemini => Ok(gemini::outbound(ch, upstream_model, stream, body)),
+        ChannelKind::Anthropic => anthropic::outbound(ch, body),
+        ChannelKind::Gemini => gemini::outbound(ch, upstream_model, stream, body),
     }
+}
+
+/// Parses an upstream address built at request time.
+pub fn parse_url(s: &str) -> Result<axum::http::Uri, RelayError> {
+    s.parse::<axum::http::Uri>()
+        .map_err(|e| errors::internal(format!("invalid upstream URL {s}: {e}")))
 }
 
 /// Joins a base URL and an API path, not doubling a trailing `/v1`.

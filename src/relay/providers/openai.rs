@@ -3,25 +3,30 @@
 
 use bytes::Bytes;
 
-use super::{Endpoint, Outbound, header, join_v1};
+use super::{Endpoint, Outbound, header};
 use crate::relay::error::{RelayError, errors};
 use crate::routing::ChannelRt;
 
 /// Azure's `api-version` when the channel's `other` gives none.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
-/// `{base}/v1/<endpoint>` with `Authorization: Bearer <key>`.
-pub fn outbound(ch: &ChannelRt, ep: Endpoint, body: Bytes) -> Outbound {
+/// `{base}/v1/<endpoint>` with `Authorization: Bearer <key>`; both were
+/// prepared when the channel was loaded.
+pub fn outbound(ch: &ChannelRt, ep: Endpoint, body: Bytes) -> Result<Outbound, RelayError> {
+    let urls = ch
+        .urls
+        .as_ref()
+        .ok_or_else(|| errors::internal(format!("channel {}: invalid base URL", ch.id)))?;
+    let url = match ep {
+        Endpoint::Completions => urls.completions.clone(),
+        Endpoint::Embeddings => urls.embeddings.clone(),
+        _ => urls.chat.clone(),
+    };
     let mut headers = Vec::with_capacity(1);
-    headers.extend(header(
-        "authorization",
-        &format!("Bearer {}", ch.pick_key()),
-    ));
-    Outbound {
-        url: join_v1(&ch.base_url, ep.openai_path()),
-        headers,
-        body,
+    if let Some(b) = ch.bearers.get(ch.pick()) {
+        headers.push((axum::http::header::AUTHORIZATION, b.clone()));
     }
+    Ok(Outbound { url, headers, body })
 }
 
 /// `{base}/openai/deployments/{deployment}/<endpoint>?api-version=…` with an
@@ -52,11 +57,11 @@ pub fn azure_outbound(
     let mut headers = Vec::with_capacity(1);
     headers.extend(header("api-key", ch.pick_key()));
     Ok(Outbound {
-        url: format!(
+        url: super::parse_url(&format!(
             "{}/openai/deployments/{deployment}{}?api-version={version}",
             ch.base_url,
             ep.openai_path()
-        ),
+        ))?,
         headers,
         body,
     })

@@ -53,6 +53,35 @@ struct UsageOnly {
     usage: Option<OpenAiUsage>,
 }
 
+/// Usage from an OpenAI JSON object body without parsing the rest of it: the
+/// last `"usage":` key (OpenAI writes it after `choices`) is read in place.
+/// `None` when the body is not a braced object or carries no readable usage
+/// (callers then parse the whole body). The body's middle is not validated:
+/// a pass-through body reaches the client as the upstream wrote it.
+pub fn openai_usage_fast(body: &[u8]) -> Option<Usage> {
+    use serde::Deserialize as _;
+    let t = body.trim_ascii();
+    if t.first() != Some(&b'{') || t.last() != Some(&b'}') {
+        return None;
+    }
+    let at = memchr::memmem::rfind(t, b"\"usage\"")?;
+    if at > 0 && t[at - 1] == b'\\' {
+        return None;
+    }
+    let rest = t[at + 7..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?;
+    let mut de = serde_json::Deserializer::from_slice(rest);
+    OpenAiUsage::deserialize(&mut de).ok().map(|u| u.to_usage())
+}
+
+/// Usage from an OpenAI JSON body in one pass that also checks the whole body
+/// is valid JSON: `Err` for invalid JSON, `Ok(None)` when usage is absent.
+pub fn openai_usage_checked(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    Ok(serde_json::from_slice::<UsageOnly>(body)?
+        .usage
+        .map(|u| u.to_usage()))
+}
+
 /// Usage from an OpenAI JSON body or stream chunk; `None` when absent or null.
 pub fn openai_usage(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<UsageOnly>(body)
@@ -325,5 +354,20 @@ mod stop_tests {
         );
         let back = anthropic_usage(&anthropic_usage_json(&a));
         assert_eq!(back, a);
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    #[test]
+    fn fast_usage_matches_the_full_parse() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": is here"}}],"usage":{"prompt_tokens":10,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":3}}}"#;
+        assert_eq!(openai_usage_fast(body), openai_usage(body));
+        assert_eq!(openai_usage_fast(body).unwrap().cached_tokens, 3);
+        assert!(openai_usage_fast(b"<html>").is_none());
+        assert!(openai_usage_fast(br#"{"usage":null}"#).is_none());
+        assert!(openai_usage_fast(br#"{"a":"\"usage\""}"#).is_none());
     }
 }
