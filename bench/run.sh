@@ -137,17 +137,21 @@ end
 EOF
 
 SLUICE_CALLS=0
-# wrk_run name url body key -> prints "name rps p50 p99 p999"
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { local t=0; for p in $1; do t=$(( t + $(awk '{print $14+$15}' "/proc/$p/stat") )); done; echo $t; }
+# wrk_run name url body key [pids] -> "name rps p50 p99 p999 requests non2xx cpu_us_per_request"
 wrk_run() {
-  local out
+  local out c0=0 c1=0
+  [ -n "${5:-}" ] && c0=$(cpu_ticks "$5")
   out=$(BODY="$3" KEY="$4" wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$WORK/post.lua" "$2" | grep '^WRK')
+  [ -n "${5:-}" ] && c1=$(cpu_ticks "$5")
   local req dur sock non p50 p99 p999
   req=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$out"); dur=$(sed -E 's/.*duration_us=([0-9]+).*/\1/' <<<"$out")
   sock=$(sed -E 's/.*sockerr=([0-9]+).*/\1/' <<<"$out"); non=$(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$out")
   p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$out"); p99=$(sed -E 's/.*p99_us=([0-9]+) .*/\1/' <<<"$out")
   p999=$(sed -E 's/.*p999_us=([0-9]+).*/\1/' <<<"$out")
   if [ "$sock" != 0 ] || [ "$non" != 0 ]; then echo "$1: $sock socket errors, $non non-2xx" >&2; fi
-  echo "$1 $(( req * 1000000 / dur )) $p50 $p99 $p999 $req $non"
+  echo "$1 $(( req * 1000000 / dur )) $p50 $p99 $p999 $req $non $(( (c1 - c0) * 1000000 / TCK * 10 / (req > 0 ? req : 1) ))"
 }
 
 echo "warming up..." >&2
@@ -157,15 +161,17 @@ wrk_run warm-direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/bod
 wrk_run warm-nginx "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$WORK/body.json" "" >/dev/null
 
 echo "closed loop: wrk -t1 -c$CONNS -d${DUR}s..." >&2
-R_DIRECT=$(wrk_run direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/body.json" "")
-R_NGINX=$(wrk_run nginx "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$WORK/body.json" "")
+MOCK_PID=${PIDS[0]}
+NGINX_PIDS="$(cat "$WORK/nginx.pid") $(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')"
+R_DIRECT=$(wrk_run direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/body.json" "" "$MOCK_PID")
+R_NGINX=$(wrk_run nginx "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$WORK/body.json" "" "$NGINX_PIDS")
 RSS_MAX=0
 ( while kill -0 $SLUICE_PID 2>/dev/null; do r=$(rss_kb); echo "$r"; sleep 0.5; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
-R_SLUICE=$(wrk_run sluice "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" "$WORK/body.json" "$KEY")
+R_SLUICE=$(wrk_run sluice "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" "$WORK/body.json" "$KEY" "$SLUICE_PID")
 SLUICE_CALLS=$(( SLUICE_CALLS + $(awk '{print $6 - $7}' <<<"$R_SLUICE") ))
 R_DIRECT_S=$(wrk_run direct-stream "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/stream.json" "")
-R_SLUICE_S=$(wrk_run sluice-stream "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" "$WORK/stream.json" "$KEY")
+R_SLUICE_S=$(wrk_run sluice-stream "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" "$WORK/stream.json" "$KEY" "$SLUICE_PID")
 SLUICE_CALLS=$(( SLUICE_CALLS + $(awk '{print $6 - $7}' <<<"$R_SLUICE_S") ))
 kill $SAMPLER 2>/dev/null || true
 RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
@@ -199,17 +205,20 @@ fi
 # --- every request billed ----------------------------------------------------
 sleep 1   # the ledger writer commits every 50 ms
 ROWS=$(api GET "/api/log/?type=2&token_name=bench&page_size=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["total"])')
+# Calls sluice answered and billed, by its own count (wrk does not count the
+# requests in flight when its timer ends, sluice answers them all the same).
+SETTLED=$(curl -sf "http://127.0.0.1:$SLUICE_PORT/metrics" | awk -F' ' '/^sluice_relay_requests_total\{outcome="settled"\}/ {print $2}')
 USED=$(api GET "/api/token/$TOKEN_ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["used_quota"])')
 
 # --- report ------------------------------------------------------------------
 python3 - "$R_DIRECT" "$R_NGINX" "$R_SLUICE" "$R_DIRECT_S" "$R_SLUICE_S" \
   "$L_DIRECT" "$L_SLUICE" "$L_DIRECT_S" "$L_SLUICE_S" \
-  "$RSS_IDLE" "$RSS_MAX" "$ROWS" "$USED" "$SLUICE_CALLS" "$COST" "$CONNS" "$DUR" "$RATE" "$PG" "$RSS_LONG" <<'PY'
+  "$RSS_IDLE" "$RSS_MAX" "$ROWS" "$USED" "$SLUICE_CALLS" "$COST" "$CONNS" "$DUR" "$RATE" "$PG" "$RSS_LONG" "$SETTLED" <<'PY'
 import sys, re
 a = sys.argv[1:]
 def wrk(s):
     n = s.split()
-    return dict(name=n[0], rps=int(n[1]), p50=int(n[2]), p99=int(n[3]), p999=int(n[4]))
+    return dict(name=n[0], rps=int(n[1]), p50=int(n[2]), p99=int(n[3]), p999=int(n[4]), cpu=int(n[7]) / 10)
 def lg(s):
     return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", s)}
 d, ng, sl, ds, ss = map(wrk, a[0:5])
@@ -217,12 +226,15 @@ ld, lsl, lds, lss = map(lg, a[5:9])
 rss_idle, rss_max = int(a[9]) / 1024, int(a[10]) / 1024
 rows, used, calls, cost = int(a[11]), int(a[12]), int(a[13]), int(a[14])
 conns, dur, rate, pg, rss_long = a[15], a[16], a[17], a[18] == "1", a[19]
+settled = int(float(a[20] or 0))
 store = "PostgreSQL" if pg else "SQLite"
 ms = lambda us: f"{us/1000:.2f}"
 print(f"\nsluice benchmark — wrk -t1 -c{conns} -d{dur}s, POST /v1/chat/completions, store {store}\n")
-print(f"{'target':<16}{'RPS':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}")
+print(f"{'target':<16}{'RPS':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'CPU us/req':>12}")
 for r in (d, ng, sl, ds, ss):
-    print(f"{r['name']:<16}{r['rps']:>9}{ms(r['p50']):>9}{ms(r['p99']):>9}{ms(r['p999']):>10}")
+    cpu = f"{r['cpu']:.1f}" if r['cpu'] else "-"
+    print(f"{r['name']:<16}{r['rps']:>9}{ms(r['p50']):>9}{ms(r['p99']):>9}{ms(r['p999']):>10}{cpu:>12}")
+print("(CPU us/req: the proxy's own CPU per request: mock for direct, nginx workers, sluice)")
 print()
 print(f"sluice / nginx  throughput {sl['rps']/ng['rps']:.2f}x   p99 {ms(sl['p99'])} vs {ms(ng['p99'])} ms (delta {ms(sl['p99']-ng['p99'])} ms)")
 print(f"sluice / direct throughput {sl['rps']/d['rps']:.2f}x   stream vs direct stream {ss['rps']/ds['rps']:.2f}x")
@@ -233,7 +245,7 @@ print(f"\nsluice RSS: idle {rss_idle:.1f} MB, under load max {rss_max:.1f} MB")
 if rss_long:
     lo, hi = (int(x)/1024 for x in rss_long.split())
     print(f"1M-request run RSS: min {lo:.1f} MB, max {hi:.1f} MB, spread {(hi-lo)/lo*100:.1f}%")
-ok = rows == calls and used == rows * cost
-print(f"\nledger: {rows} rows, {calls} requests answered, used_quota {used} = rows x {cost}: {'OK' if ok else 'MISMATCH'}")
+ok = rows == settled and used == rows * cost and calls <= settled
+print(f"\nledger: {rows} rows = {settled} calls answered by sluice ({calls} counted by the clients, which miss the ones in flight at their deadline); used_quota {used} = rows x {cost}: {'OK' if ok else 'MISMATCH'}")
 sys.exit(0 if ok else 1)
 PY

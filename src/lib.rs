@@ -16,4 +16,5 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod util;

@@ -107,9 +107,11 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
+    let metrics = crate::telemetry::Metrics::new();
     let ledger = Ledger::start(
         store.clone(),
         bank.clone(),
+        metrics.clone(),
         LedgerConfig {
             window: std::time::Duration::from_millis(config.ledger_window_ms.max(1)),
             ..LedgerConfig::default()
@@ -132,6 +134,7 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         routing: ArcSwap::from_pointee(routing),
         http,
         tracker,
+        metrics,
     });
     Ok((state, writer))
 }

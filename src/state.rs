@@ -38,6 +38,8 @@ pub struct AppState {
     pub http: crate::relay::upstream::Upstream,
     /// Background tasks; shutdown waits for them.
     pub tracker: tokio_util::task::TaskTracker,
+    /// Prometheus counters.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 /// Shared handle to [`AppState`].

@@ -16,6 +16,7 @@ pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/api/status", get(status))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
 }
 
 /// `GET /api/status`: public facts a dashboard needs before login.
@@ -43,6 +44,17 @@ async fn status(State(state): State<SharedState>) -> ApiResult {
         "turnstile_check": false,
         "setup": true,
     }))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(),
+    )
 }
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.

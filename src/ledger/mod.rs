@@ -79,12 +79,13 @@ impl Ledger {
     pub fn start(
         store: Store,
         bank: Arc<LocalBank>,
+        metrics: crate::telemetry::Metrics,
         cfg: LedgerConfig,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Ledger {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        tracker.spawn(writer(store, bank, cfg, rx, stop));
+        tracker.spawn(writer(store, bank, metrics, cfg, rx, stop));
         Ledger { tx }
     }
 
@@ -111,6 +112,7 @@ impl Ledger {
 async fn writer(
     store: Store,
     bank: Arc<LocalBank>,
+    metrics: crate::telemetry::Metrics,
     cfg: LedgerConfig,
     mut rx: mpsc::Receiver<Entry>,
     stop: CancellationToken,
@@ -151,7 +153,8 @@ async fn writer(
                 Ok(None) | Err(_) => break,
             }
         }
-        commit_with_retry(&store, &bank, &mut batch, &stop).await;
+        metrics.ledger_queue.set(rx.len() as f64);
+        commit_with_retry(&store, &bank, &metrics, &mut batch, &stop).await;
         batch.clear();
     }
     tracing::info!("ledger writer drained and stopped");
@@ -160,6 +163,7 @@ async fn writer(
 async fn commit_with_retry(
     store: &Store,
     bank: &LocalBank,
+    metrics: &crate::telemetry::Metrics,
     batch: &mut Vec<Entry>,
     stop: &CancellationToken,
 ) {
@@ -167,7 +171,14 @@ async fn commit_with_retry(
     let mut attempts_after_stop = 0;
     loop {
         match commit(store, bank, batch).await {
-            Ok(()) => break,
+            Ok(()) => {
+                let rows = batch
+                    .iter()
+                    .filter(|e| matches!(e, Entry::Charge(_) | Entry::Log(_)))
+                    .count();
+                metrics.ledger_rows.increment(rows as u64);
+                break;
+            }
             Err(e) => {
                 if stop.is_cancelled() {
                     attempts_after_stop += 1;
@@ -181,6 +192,7 @@ async fn commit_with_retry(
                         break;
                     }
                 }
+                metrics.ledger_retries.increment(1);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "ledger commit failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));

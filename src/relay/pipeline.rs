@@ -353,6 +353,7 @@ fn maybe_auto_disable(state: &SharedState, ch: &ChannelRt, status: StatusCode, b
 
 /// An error row (type 5) for a call that failed after routing.
 async fn log_failure(state: &SharedState, call: &Call, tab: &Tab, err: &RelayError) {
+    state.metrics.relay_failed.increment(1);
     let t = &call.caller.token.token;
     let other = serde_json::json!({
         "request_id": call.request_id,

@@ -120,6 +120,11 @@ impl Tab {
         let qpu = self.state.options().quota_per_unit;
         let quota = self.price.cost(&usage, qpu);
         self.state.bank.settle(reservation, quota);
+        self.state.metrics.relay_settled.increment(1);
+        self.state
+            .metrics
+            .quota_charged
+            .increment(quota.max(0) as u64);
         let elapsed = self.started.elapsed();
         let other = Other {
             request_id: &self.request_id,
