@@ -20,6 +20,8 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Scanner {
     buf: BytesMut,
+    /// How far `buf` was searched for a boundary already.
+    scanned: usize,
 }
 
 /// The scanner was fed an event larger than [`MAX_EVENT_BYTES`].
@@ -27,31 +29,30 @@ pub struct Scanner {
 #[error("server-sent event exceeds {MAX_EVENT_BYTES} bytes")]
 pub struct Oversized;
 
-fn find_boundary(b: &[u8]) -> Option<(usize, usize)> {
-    // An event ends at a blank line: "\n\n", "\r\n\r\n" or "\r\r".
-    let mut i = 0;
-    while i < b.len() {
+fn find_boundary(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    // An event ends at a blank line: "\n\n", "\r\n\r\n" or "\r\r". Jump
+    // from line break to line break instead of looking at every byte.
+    let mut i = from;
+    while let Some(off) = memchr::memchr2(b'\n', b'\r', &b[i..]) {
+        i += off;
+        let at = |k: usize| b.get(i + k).copied();
         match b[i] {
             b'\n' => {
-                if b.get(i + 1) == Some(&b'\n') {
+                if at(1) == Some(b'\n') {
                     return Some((i, i + 2));
                 }
-                if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
+                if at(1) == Some(b'\r') && at(2) == Some(b'\n') {
                     return Some((i, i + 3));
                 }
             }
-            b'\r' => {
-                if b.get(i + 1) == Some(&b'\n')
-                    && b.get(i + 2) == Some(&b'\r')
-                    && b.get(i + 3) == Some(&b'\n')
-                {
+            _ => {
+                if at(1) == Some(b'\n') && at(2) == Some(b'\r') && at(3) == Some(b'\n') {
                     return Some((i, i + 4));
                 }
-                if b.get(i + 1) == Some(&b'\r') {
+                if at(1) == Some(b'\r') {
                     return Some((i, i + 2));
                 }
             }
-            _ => {}
         }
         i += 1;
     }
@@ -60,45 +61,82 @@ fn find_boundary(b: &[u8]) -> Option<(usize, usize)> {
 
 fn parse(raw: Bytes, body_end: usize) -> Event {
     let mut name = None;
-    let mut data: Vec<u8> = Vec::new();
-    let mut first = true;
+    // One `data:` line (the usual case) is a slice of `raw`, not a copy.
+    let mut single: Option<(usize, usize)> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    let mut start = 0;
     for line in raw[..body_end].split(|c| *c == b'\n') {
+        let line_start = start;
+        start += line.len() + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(v) = line.strip_prefix(b"data:") {
-            let v = v.strip_prefix(b" ").unwrap_or(v);
-            if !first {
-                data.push(b'\n');
+            let skip = if v.first() == Some(&b' ') { 6 } else { 5 };
+            let (from, to) = (line_start + skip, line_start + line.len());
+            match (&mut joined, single) {
+                (Some(j), _) => {
+                    j.push(b'\n');
+                    j.extend_from_slice(&raw[from..to]);
+                }
+                (None, Some((a, b))) => {
+                    let mut j = raw[a..b].to_vec();
+                    j.push(b'\n');
+                    j.extend_from_slice(&raw[from..to]);
+                    joined = Some(j);
+                }
+                (None, None) => single = Some((from, to)),
             }
-            data.extend_from_slice(v);
-            first = false;
         } else if let Some(v) = line.strip_prefix(b"event:") {
             let v = v.strip_prefix(b" ").unwrap_or(v);
             name = Some(String::from_utf8_lossy(v).into_owned());
         }
     }
-    Event {
-        raw,
-        name,
-        data: Bytes::from(data),
-    }
+    let data = match (joined, single) {
+        (Some(j), _) => Bytes::from(j),
+        (None, Some((a, b))) => raw.slice(a..b),
+        (None, None) => Bytes::new(),
+    };
+    Event { raw, name, data }
 }
 
 impl Scanner {
     /// Adds a chunk; appends every completed event to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Event>) -> Result<(), Oversized> {
+        // A boundary may straddle the previous chunk's end: look back 3 bytes.
+        let from = self.scanned.saturating_sub(3);
         self.buf.extend_from_slice(chunk);
-        while let Some((end, next)) = find_boundary(&self.buf) {
+        let mut from = from;
+        while let Some((end, next)) = find_boundary(&self.buf, from) {
             let raw = self.buf.split_to(next).freeze();
             out.push(parse(raw, end));
+            from = 0;
         }
+        self.scanned = self.buf.len();
         if self.buf.len() > MAX_EVENT_BYTES {
             return Err(Oversized);
         }
         Ok(())
     }
 
+    /// [`Scanner::feed`] for an owned chunk: when nothing is pending, the
+    /// chunk's whole events are slices of it (no copy).
+    pub fn feed_bytes(&mut self, chunk: Bytes, out: &mut Vec<Event>) -> Result<(), Oversized> {
+        if !self.buf.is_empty() {
+            return self.feed(&chunk, out);
+        }
+        let mut rest = chunk;
+        while let Some((end, next)) = find_boundary(&rest, 0) {
+            let raw = rest.split_to(next);
+            out.push(parse(raw, end));
+        }
+        if !rest.is_empty() {
+            self.feed(&rest, out)?;
+        }
+        Ok(())
+    }
+
     /// What is left at end of stream (an unterminated event), if anything.
     pub fn finish(&mut self) -> Option<Event> {
+        self.scanned = 0;
         let rest = self.buf.split().freeze();
         let trimmed = rest.iter().rposition(|c| !c.is_ascii_whitespace())?;
         let mut raw = BytesMut::from(&rest[..=trimmed]);

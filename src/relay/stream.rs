@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde_json::Value;
 
 use super::Call;
@@ -143,17 +143,31 @@ impl Tap for OpenAiTap {
     }
 }
 
+/// Joins pieces into one buffer (one piece is returned as is).
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut out = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    out.freeze()
+}
+
 /// Everything the stream needs after the handler returned.
 struct Relay {
     upstream: Upstream,
     scanner: Scanner,
     queue: VecDeque<Event>,
-    out: VecDeque<Bytes>,
     tap: Box<dyn Tap>,
     tab: Option<Tab>,
     request_body: Bytes,
     model: String,
     idle: Duration,
+    /// Fires after `idle` without upstream data (re-armed lazily).
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: std::time::Instant,
     eof: bool,
 }
 
@@ -162,41 +176,63 @@ impl Relay {
     async fn next_bytes(&mut self) -> Option<Bytes> {
         let mut buf = Vec::new();
         loop {
-            if let Some(b) = self.out.pop_front() {
-                return Some(b);
-            }
-            if let Some(ev) = self.queue.pop_front() {
+            // What one upstream read produced leaves in one write: as soon as
+            // it arrived, without a write (and a syscall) per event.
+            while let Some(ev) = self.queue.pop_front() {
                 self.tap.on_event(&ev, &mut buf);
-                self.out.extend(buf.drain(..));
-                continue;
+            }
+            if self.eof && self.tab.is_some() {
+                self.tap.on_end(&mut buf);
+                self.settle(StatusCode::OK, false).await;
+            }
+            if !buf.is_empty() {
+                return Some(concat(buf));
             }
             if self.eof {
-                if self.tab.is_some() {
-                    self.tap.on_end(&mut buf);
-                    self.out.extend(buf.drain(..));
-                    self.settle(StatusCode::OK, false).await;
-                    continue;
-                }
                 return None;
             }
-            match tokio::time::timeout(self.idle, self.upstream.next()).await {
-                Ok(Some(Ok(chunk))) => {
+            let next = tokio::select! {
+                biased;
+                n = self.upstream.next() => Some(n),
+                _ = &mut self.deadline => None,
+            };
+            match next {
+                Some(Some(Ok(chunk))) => {
+                    // Re-arm the idle timer only now and then: re-registering
+                    // a timer per chunk cost more than the chunk's relay.
+                    if self.armed.elapsed() > self.idle / 8 {
+                        self.armed = std::time::Instant::now();
+                        self.deadline
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.idle);
+                    }
                     let mut events = Vec::new();
-                    if self.scanner.feed(&chunk, &mut events).is_err() {
+                    let mut fed = self.scanner.feed_bytes(chunk, &mut events);
+                    // Take whatever else has already arrived, so it leaves
+                    // in the same write.
+                    while fed.is_ok() {
+                        match self.upstream.next().now_or_never() {
+                            Some(Some(Ok(more))) => {
+                                fed = self.scanner.feed_bytes(more, &mut events)
+                            }
+                            _ => break,
+                        }
+                    }
+                    if fed.is_err() {
                         return self.break_off("the upstream sent an oversized event").await;
                     }
                     self.queue.extend(events);
                 }
-                Ok(None) => {
+                Some(None) => {
                     self.queue.extend(self.scanner.finish());
                     self.eof = true;
                 }
-                Ok(Some(Err(_))) => {
+                Some(Some(Err(_))) => {
                     return self
                         .break_off("the upstream connection failed mid-stream")
                         .await;
                 }
-                Err(_) => {
+                None => {
                     return self.break_off("the upstream stopped sending").await;
                 }
             }
@@ -334,12 +370,13 @@ pub async fn start_with(
         upstream,
         scanner,
         queue: events.into(),
-        out: VecDeque::new(),
         tap,
         tab: Some(tab),
         request_body: call.body.clone(),
         model: call.model.clone(),
         idle,
+        deadline: Box::pin(tokio::time::sleep(idle)),
+        armed: std::time::Instant::now(),
         eof,
     };
     let body = futures_util::stream::unfold(relay, |mut r| async move {

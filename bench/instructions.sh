@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Instruction-count guard: counts the CPU instructions sluice executes per
+# relayed call (callgrind: repeatable on a noisy machine, unlike time) over a
+# fixed run of sequential non-stream calls, and fails when the count grows
+# more than 15% over the figure recorded in bench/instructions.txt.
+#
+#   bench/instructions.sh            # check against the recorded figure
+#   bench/instructions.sh --record   # write the new figure (a deliberate commit)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RECORD=0
+[ "${1:-}" = "--record" ] && RECORD=1
+CALLS=${CALLS:-500}
+LIMIT_PCT=15
+FIGURE=bench/instructions.txt
+
+if ! command -v valgrind >/dev/null 2>&1; then
+  apt-get install -y -q valgrind >/dev/null
+fi
+cargo build --release --bins -q
+BIN=target/release
+WORK=$(mktemp -d /tmp/sluice-icount.XXXXXX)
+MOCK_PORT=18091; SLUICE_PORT=18093
+cleanup() { kill "${VPID:-}" "${MPID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 600); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then exec 3>&- 3<&-; return 0; fi
+    sleep 0.1
+  done
+  echo "port $1 did not open" >&2; exit 1
+}
+
+"$BIN/sluice-mock" 127.0.0.1:$MOCK_PORT >/dev/null 2>&1 &
+MPID=$!
+ROOT=icountroottoken0123456789abcdefgh
+# One worker thread: the count then does not depend on how work was spread.
+TOKIO_WORKER_THREADS=1 PORT=$SLUICE_PORT BIND_ADDR=127.0.0.1 SLUICE_DATA_DIR="$WORK/data" \
+  INITIAL_ROOT_PASSWORD=icount-password INITIAL_ROOT_ACCESS_TOKEN=$ROOT LOG_LEVEL=warn \
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN/sluice" >"$WORK/sluice.log" 2>&1 &
+VPID=$!
+wait_port $MOCK_PORT
+wait_port $SLUICE_PORT
+
+api() {
+  curl -sf -X "$1" "http://127.0.0.1:$SLUICE_PORT$2" -H "Authorization: Bearer $ROOT" \
+    -H "New-Api-User: 1" -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+api PUT /api/option/ '{"key":"ModelRatio","value":"{\"bench-model\":1}"}' >/dev/null
+api PUT /api/user/ '{"id":1,"quota":1000000000000}' >/dev/null
+api POST /api/channel/ "{\"type\":1,\"name\":\"mock\",\"key\":\"ok\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT\",\"models\":\"bench-model\"}" >/dev/null
+KEY=sk-$(api POST /api/token/ '{"name":"icount","remain_quota":1000000000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
+printf '{"model":"bench-model","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}' > "$WORK/body.json"
+
+URL="http://127.0.0.1:$SLUICE_PORT/v1/chat/completions"
+"$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 100 "$KEY" >/dev/null      # warm up
+callgrind_control -z "$VPID" >/dev/null
+"$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 "$CALLS" "$KEY" | grep -q "ok=$CALLS "
+callgrind_control -d "$VPID" >/dev/null
+DUMP=$(ls -t "$WORK"/cg.out.* | head -1)
+TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")
+PER=$(( TOTAL / CALLS ))
+
+if [ "$RECORD" = 1 ]; then
+  echo "$PER" > "$FIGURE"
+  echo "recorded $PER instructions per call in $FIGURE"
+  exit 0
+fi
+BASE=$(cat "$FIGURE")
+MAX=$(( BASE * (100 + LIMIT_PCT) / 100 ))
+echo "instructions per relayed call: $PER (recorded $BASE, limit $MAX)"
+if [ "$PER" -gt "$MAX" ]; then
+  echo "FAIL: the hot path grew more than ${LIMIT_PCT}% over bench/instructions.txt;" \
+       "find the cost (bench/README.md) or, if it is deliberate, record the new figure with --record" >&2
+  exit 1
+fi
