@@ -17,7 +17,7 @@ use tower_http::request_id::{
 };
 
 use crate::auth::{AuthError, Secrets, keys, password, role};
-use crate::billing::bank::LocalBank;
+use crate::billing::bank::{LocalBank, QuotaBank};
 use crate::cache::{CacheTtl, Caches};
 use crate::config::Config;
 use crate::config::options::Options;
@@ -35,6 +35,8 @@ pub enum ServerError {
     Auth(#[from] AuthError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("http client: {0}")]
     Http(#[from] crate::relay::upstream::UpstreamError),
 }
@@ -102,7 +104,18 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
     bootstrap_root(&store, &config).await?;
     let options = Options::from_stored(store.load_options().await?);
     let routing = Snapshot::build(&store.all_channels().await?, &secrets);
-    let bank = Arc::new(LocalBank::default());
+    let redis = match config.redis_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        Some(url) => Some(
+            crate::cache::redis::Redis::connect(url, &config.redis_prefix)
+                .await
+                .map_err(|e| ServerError::Redis(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let bank = Arc::new(match &redis {
+        Some(r) => QuotaBank::Redis(crate::billing::redis_bank::RedisBank::new(r.clone())),
+        None => QuotaBank::Local(LocalBank::default()),
+    });
     let writer = Writer {
         stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -135,7 +148,13 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         http,
         tracker,
         metrics,
+        redis,
+        shutdown: CancellationToken::new(),
     });
+    state.tracker.spawn(crate::cache::bus::subscribe(
+        state.clone(),
+        state.shutdown.clone(),
+    ));
     Ok((state, writer))
 }
 
@@ -272,7 +291,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (state, writer) = build_state(config).await?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
+    let shutdown = state.shutdown.clone();
     let app = app(state.clone());
     let stop = shutdown.clone();
     let st = state.clone();

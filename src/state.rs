@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::Secrets;
-use crate::billing::bank::LocalBank;
+use crate::billing::bank::QuotaBank;
 use crate::cache::Caches;
 use crate::config::Config;
 use crate::config::options::Options;
@@ -29,7 +29,7 @@ pub struct AppState {
     /// Token and user caches for the relay's key check.
     pub caches: Caches,
     /// Live balances.
-    pub bank: Arc<LocalBank>,
+    pub bank: Arc<QuotaBank>,
     /// The ledger queue.
     pub ledger: Ledger,
     /// The routing table; replaced whole when a channel changes.
@@ -40,6 +40,10 @@ pub struct AppState {
     pub tracker: tokio_util::task::TaskTracker,
     /// Prometheus counters.
     pub metrics: crate::telemetry::Metrics,
+    /// Redis, when several replicas share state.
+    pub redis: Option<crate::cache::redis::Redis>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Shared handle to [`AppState`].

@@ -5,7 +5,6 @@
 //! routing snapshot.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -19,7 +18,7 @@ use super::token::parse_id;
 use super::{Admin, ApiError, ApiResult, ClientIp, JsonBody, PageQuery, Root, audit, ok, ok_empty};
 use crate::auth::keys;
 use crate::relay::providers::{self, Endpoint};
-use crate::routing::{ChannelKind, ChannelRt, Snapshot, parse_mapping, split_list};
+use crate::routing::{ChannelKind, ChannelRt, parse_mapping, split_list};
 use crate::state::SharedState;
 use crate::store::{Channel, ChannelFilter, channel_status, now};
 
@@ -103,14 +102,9 @@ fn view(state: &SharedState, c: &Channel) -> ChannelView {
     }
 }
 
-/// Rebuilds the routing snapshot from the database and swaps it in.
+/// Rebuilds the routing snapshot here and on every replica.
 pub async fn reload_routing(state: &SharedState) {
-    match state.store.all_channels().await {
-        Ok(chans) => state
-            .routing
-            .store(Arc::new(Snapshot::build(&chans, &state.secrets))),
-        Err(e) => tracing::error!(error = %e, "could not reload channels"),
-    }
+    crate::cache::bus::changed(state, crate::cache::bus::Change::Channels).await;
 }
 
 /// Channel fields in a request; absent fields are `None`.

@@ -77,8 +77,5 @@ pub fn models_for_groups<'a>(
 /// Called after any write to a user (quota, status, role, deletion): the
 /// relay must see it before the write's response returns.
 pub async fn user_changed(state: &SharedState, user_id: i64) {
-    state.caches.invalidate_user(user_id).await;
-    if let Err(e) = state.bank.reload_user(&state.store, user_id).await {
-        tracing::error!(error = %e, user = user_id, "could not reload a user balance");
-    }
+    crate::cache::bus::changed(state, crate::cache::bus::Change::User(user_id)).await;
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, ClientIp, JsonBody, Root, audit, ok, ok_empty};
-use crate::config::options::{Options, validate};
+use crate::config::options::validate;
 use crate::state::SharedState;
 
 /// Routes of this resource.
@@ -78,11 +78,8 @@ async fn update(
     ok_empty()
 }
 
-/// Rebuilds the options snapshot from the database and swaps it in.
+/// Rebuilds the options snapshot here and on every replica.
 pub async fn reload(state: &SharedState) -> ApiResult<()> {
-    let stored = state.store.load_options().await?;
-    state
-        .options
-        .store(std::sync::Arc::new(Options::from_stored(stored)));
+    crate::cache::bus::changed(state, crate::cache::bus::Change::Options).await;
     Ok(())
 }

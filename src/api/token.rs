@@ -511,10 +511,14 @@ async fn update(
 
 /// Hook for every token write: drops cached copies so the relay obeys it.
 async fn token_changed(state: &SharedState, t: &Token) {
-    state.caches.invalidate_token(&t.key_hash).await;
-    if let Err(e) = state.bank.reload_token(&state.store, t.id).await {
-        tracing::error!(error = %e, token = t.id, "could not reload a token balance");
-    }
+    crate::cache::bus::changed(
+        state,
+        crate::cache::bus::Change::Token {
+            id: t.id,
+            key_hash: t.key_hash.clone(),
+        },
+    )
+    .await;
 }
 
 async fn delete_one(

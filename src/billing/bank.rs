@@ -56,26 +56,22 @@ pub enum BankError {
     Refused(#[from] Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared balance store (Redis) did not answer: calls are refused
+    /// rather than let replicas spend blind (see docs/deploy.md).
+    #[error("balance service unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// Quota held for one call. Settle it with [`LocalBank::settle`]; dropping it
-/// unsettled refunds everything (a cancelled call costs nothing).
+/// Quota held in the local bank for one call.
 #[derive(Debug)]
-pub struct Reservation {
+pub struct LocalReservation {
     token: Option<Arc<Mutex<Account>>>,
     user: Arc<Mutex<Account>>,
     amount: i64,
     settled: bool,
 }
 
-impl Reservation {
-    /// Quota held.
-    pub fn amount(&self) -> i64 {
-        self.amount
-    }
-}
-
-impl Drop for Reservation {
+impl Drop for LocalReservation {
     fn drop(&mut self) {
         if !self.settled {
             if let Some(t) = &self.token {
@@ -95,11 +91,11 @@ pub struct LocalBank {
     pub sync: tokio::sync::Mutex<()>,
 }
 
-/// Per-account amounts the ledger writer committed.
+/// Per-account amounts the ledger writer committed: (id, generation, amount).
 #[derive(Debug, Default)]
 pub struct Committed {
-    pub tokens: Vec<(i64, i64)>,
-    pub users: Vec<(i64, i64)>,
+    pub tokens: Vec<(i64, u64, i64)>,
+    pub users: Vec<(i64, u64, i64)>,
 }
 
 impl LocalBank {
@@ -159,7 +155,7 @@ impl LocalBank {
         token: Option<i64>,
         user: i64,
         amount: i64,
-    ) -> Result<Reservation, BankError> {
+    ) -> Result<LocalReservation, BankError> {
         let amount = amount.max(0);
         let token_acct = match token {
             Some(id) => Some(self.token_account(store, id).await?),
@@ -184,7 +180,7 @@ impl LocalBank {
             }
             u.reserved += amount;
         }
-        Ok(Reservation {
+        Ok(LocalReservation {
             token: token_acct,
             user: user_acct,
             amount,
@@ -194,7 +190,7 @@ impl LocalBank {
 
     /// Replaces the reservation by the real charge (which the ledger writer
     /// will commit). Returns the token's remaining quota, if it is limited.
-    pub fn settle(&self, mut r: Reservation, charge: i64) -> Option<i64> {
+    pub fn settle(&self, mut r: LocalReservation, charge: i64) -> Option<i64> {
         r.settled = true;
         let charge = charge.max(0);
         let left = r.token.as_ref().map(|t| {
@@ -213,7 +209,7 @@ impl LocalBank {
     /// it committed these charges.
     pub fn committed(&self, c: &Committed) {
         for (map, list) in [(&self.tokens, &c.tokens), (&self.users, &c.users)] {
-            for (id, amount) in list {
+            for (id, _gen, amount) in list {
                 if let Some(a) = map.get(id) {
                     let mut a = a.lock();
                     a.db -= amount;
@@ -249,5 +245,169 @@ impl LocalBank {
             Err(e) => return Err(e),
         }
         Ok(())
+    }
+}
+
+/// The quota bank: in-process for one replica, on Redis for several.
+pub enum QuotaBank {
+    Local(LocalBank),
+    Redis(super::redis_bank::RedisBank),
+}
+
+/// Quota held for one call. Settle it with [`QuotaBank::settle`]; dropping it
+/// unsettled refunds everything (a cancelled call costs nothing).
+pub enum Reservation {
+    Local(LocalReservation),
+    Redis(Box<RedisReservation>),
+}
+
+/// Quota held in Redis for one call.
+pub struct RedisReservation {
+    bank: super::redis_bank::RedisBank,
+    token: Option<(i64, u64)>,
+    user: (i64, u64),
+    amount: i64,
+    settled: bool,
+}
+
+impl Drop for RedisReservation {
+    fn drop(&mut self) {
+        if self.settled || self.amount == 0 {
+            return;
+        }
+        // Refunds are a Redis round trip; they leave on the runtime.
+        let (bank, token, user, amount) = (self.bank.clone(), self.token, self.user, self.amount);
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                use super::redis_bank::Acct;
+                if let Some((id, g)) = token {
+                    let _ = bank.adjust(Acct::Token(id), g, -amount).await;
+                }
+                let _ = bank.adjust(Acct::User(user.0), user.1, -amount).await;
+            });
+        }
+    }
+}
+
+impl Reservation {
+    /// The accounts' generations (token, user); 0 in the local bank.
+    pub fn generations(&self) -> (u64, u64) {
+        match self {
+            Reservation::Local(_) => (0, 0),
+            Reservation::Redis(r) => (r.token.map(|t| t.1).unwrap_or(0), r.user.1),
+        }
+    }
+}
+
+impl QuotaBank {
+    /// The token's available quota.
+    pub async fn token_available(&self, store: &Store, id: i64) -> Result<i64, BankError> {
+        match self {
+            QuotaBank::Local(b) => Ok(b.token_available(store, id).await?),
+            QuotaBank::Redis(b) => b.available(store, super::redis_bank::Acct::Token(id)).await,
+        }
+    }
+
+    /// The user's available quota.
+    pub async fn user_available(&self, store: &Store, id: i64) -> Result<i64, BankError> {
+        match self {
+            QuotaBank::Local(b) => Ok(b.user_available(store, id).await?),
+            QuotaBank::Redis(b) => b.available(store, super::redis_bank::Acct::User(id)).await,
+        }
+    }
+
+    /// Holds `amount` from the token (unless `token` is `None`: unlimited)
+    /// and from the user, all or nothing.
+    pub async fn reserve(
+        &self,
+        store: &Store,
+        token: Option<i64>,
+        user: i64,
+        amount: i64,
+    ) -> Result<Reservation, BankError> {
+        let amount = amount.max(0);
+        match self {
+            QuotaBank::Local(b) => Ok(Reservation::Local(
+                b.reserve(store, token, user, amount).await?,
+            )),
+            QuotaBank::Redis(b) => {
+                let (tg, ug) = b.reserve(store, token, user, amount).await?;
+                Ok(Reservation::Redis(Box::new(RedisReservation {
+                    bank: b.clone(),
+                    token: token.map(|t| (t, tg)),
+                    user: (user, ug),
+                    amount,
+                    settled: false,
+                })))
+            }
+        }
+    }
+
+    /// Replaces the reservation by the real charge (which the ledger writer
+    /// will commit).
+    pub async fn settle(&self, r: Reservation, charge: i64) -> Result<(), BankError> {
+        let charge = charge.max(0);
+        match (self, r) {
+            (QuotaBank::Local(b), Reservation::Local(r)) => {
+                b.settle(r, charge);
+                Ok(())
+            }
+            (QuotaBank::Redis(b), Reservation::Redis(mut r)) => {
+                use super::redis_bank::Acct;
+                r.settled = true;
+                let delta = charge - r.amount;
+                if let Some((id, g)) = r.token {
+                    b.adjust(Acct::Token(id), g, delta).await?;
+                }
+                b.adjust(Acct::User(r.user.0), r.user.1, delta).await
+            }
+            // A reservation always comes from the bank that settles it.
+            _ => Ok(()),
+        }
+    }
+
+    /// Taken by the ledger writer around its database commit (the local bank
+    /// must not read balances between the commit and [`QuotaBank::committed`]).
+    pub async fn commit_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self {
+            QuotaBank::Local(b) => Some(b.sync.lock().await),
+            QuotaBank::Redis(_) => None,
+        }
+    }
+
+    /// Called by the ledger writer right after it committed these charges.
+    pub async fn committed(&self, c: &Committed) {
+        match self {
+            QuotaBank::Local(b) => b.committed(c),
+            QuotaBank::Redis(b) => {
+                use super::redis_bank::Acct;
+                for (id, g, amount) in &c.tokens {
+                    if let Err(e) = b.committed(Acct::Token(*id), *g, *amount).await {
+                        tracing::warn!(error = %e, token = id, "redis balance not moved after commit");
+                    }
+                }
+                for (id, g, amount) in &c.users {
+                    if let Err(e) = b.committed(Acct::User(*id), *g, *amount).await {
+                        tracing::warn!(error = %e, user = id, "redis balance not moved after commit");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads a token's balance after an admin change.
+    pub async fn reload_token(&self, store: &Store, id: i64) -> Result<(), BankError> {
+        match self {
+            QuotaBank::Local(b) => Ok(b.reload_token(store, id).await?),
+            QuotaBank::Redis(b) => b.forget(super::redis_bank::Acct::Token(id)).await,
+        }
+    }
+
+    /// Re-reads a user's balance after an admin change or a top-up.
+    pub async fn reload_user(&self, store: &Store, id: i64) -> Result<(), BankError> {
+        match self {
+            QuotaBank::Local(b) => Ok(b.reload_user(store, id).await?),
+            QuotaBank::Redis(b) => b.forget(super::redis_bank::Acct::User(id)).await,
+        }
     }
 }

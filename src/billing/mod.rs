@@ -6,6 +6,7 @@
 //! fixed price costs `ceil(price × quota_per_unit × group_ratio)` per call.
 
 pub mod bank;
+pub mod redis_bank;
 pub mod tokens;
 
 use serde::Serialize;

@@ -4,6 +4,9 @@
 //! Every management write to a token or user invalidates its entry; the TTL is
 //! a safety net for writes this process did not see.
 
+pub mod bus;
+pub mod redis;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -37,6 +37,9 @@ pub struct Config {
     /// Redis URL; required for more than one replica.
     #[arg(long, env = "REDIS_CONN_STRING", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel this deployment uses.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "sluice:")]
+    pub redis_prefix: String,
     /// Key for signing session cookies; derived from the secret key when unset.
     #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
@@ -89,6 +92,7 @@ impl Default for Config {
             sql_dsn: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             redis_url: None,
+            redis_prefix: "sluice:".into(),
             session_secret: None,
             secret_key: None,
             initial_root_password: None,

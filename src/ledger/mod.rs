@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::billing::bank::{Committed, LocalBank};
+use crate::billing::bank::{Committed, QuotaBank};
 use crate::store::{NewLog, Store, StoreError};
 
 /// A settled call: its row and who pays.
@@ -35,6 +35,9 @@ pub struct Charge {
     pub user_id: i64,
     pub channel_id: i64,
     pub quota: i64,
+    /// Balance generations the reservation was made under (Redis bank).
+    pub token_gen: u64,
+    pub user_gen: u64,
 }
 
 /// What the writer is asked to do.
@@ -78,7 +81,7 @@ impl Ledger {
     /// Starts the writer on `tracker`; it drains and stops when `stop` fires.
     pub fn start(
         store: Store,
-        bank: Arc<LocalBank>,
+        bank: Arc<QuotaBank>,
         metrics: crate::telemetry::Metrics,
         cfg: LedgerConfig,
         tracker: &TaskTracker,
@@ -111,7 +114,7 @@ impl Ledger {
 
 async fn writer(
     store: Store,
-    bank: Arc<LocalBank>,
+    bank: Arc<QuotaBank>,
     metrics: crate::telemetry::Metrics,
     cfg: LedgerConfig,
     mut rx: mpsc::Receiver<Entry>,
@@ -162,7 +165,7 @@ async fn writer(
 
 async fn commit_with_retry(
     store: &Store,
-    bank: &LocalBank,
+    bank: &QuotaBank,
     metrics: &crate::telemetry::Metrics,
     batch: &mut Vec<Entry>,
     stop: &CancellationToken,
@@ -227,16 +230,23 @@ fn insert_chunk(len: usize) -> usize {
 }
 
 /// Commits one batch in one transaction, then tells the bank.
-async fn commit(store: &Store, bank: &LocalBank, batch: &[Entry]) -> Result<(), StoreError> {
+async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), StoreError> {
     let mut logs: Vec<&NewLog> = Vec::new();
     let mut tokens: HashMap<i64, Sums> = HashMap::new();
     let mut users: HashMap<i64, Sums> = HashMap::new();
     let mut channels: HashMap<i64, Sums> = HashMap::new();
     let mut statuses: Vec<(i64, i64)> = Vec::new();
+    // What the bank must move afterwards, per account and generation.
+    let mut bal_tokens: HashMap<(i64, u64), i64> = HashMap::new();
+    let mut bal_users: HashMap<(i64, u64), i64> = HashMap::new();
     for e in batch {
         match e {
             Entry::Charge(c) => {
                 logs.push(&c.log);
+                if c.token_limited {
+                    *bal_tokens.entry((c.token_id, c.token_gen)).or_default() += c.quota;
+                }
+                *bal_users.entry((c.user_id, c.user_gen)).or_default() += c.quota;
                 let t = tokens.entry(c.token_id).or_default();
                 t.quota += c.quota;
                 if c.token_limited {
@@ -315,16 +325,21 @@ async fn commit(store: &Store, bank: &LocalBank, batch: &[Entry]) -> Result<(), 
             .await?;
     }
     // Commit and update the bank as one step for anyone reading balances.
-    let _g = bank.sync.lock().await;
+    let _g = bank.commit_guard().await;
     tx.commit().await?;
     bank.committed(&Committed {
-        tokens: tokens
-            .iter()
-            .filter(|(_, s)| s.limited != 0)
-            .map(|(id, s)| (*id, s.limited))
+        tokens: bal_tokens
+            .into_iter()
+            .filter(|(_, q)| *q != 0)
+            .map(|((id, g), q)| (id, g, q))
             .collect(),
-        users: users.iter().map(|(id, s)| (*id, s.quota)).collect(),
-    });
+        users: bal_users
+            .into_iter()
+            .filter(|(_, q)| *q != 0)
+            .map(|((id, g), q)| (id, g, q))
+            .collect(),
+    })
+    .await;
     Ok(())
 }
 

@@ -280,6 +280,20 @@ pub mod errors {
     pub fn bad_request(msg: impl Into<String>) -> RelayError {
         RelayError::new(Kind::InvalidRequest, "invalid_request", msg)
     }
+    /// A balance could not be read or held.
+    pub fn bank(e: crate::billing::bank::BankError) -> RelayError {
+        use crate::billing::bank::{BankError, Refusal};
+        match e {
+            BankError::Refused(Refusal::Token) => token_insufficient(),
+            BankError::Refused(Refusal::User) => user_quota(),
+            BankError::Unavailable(m) => RelayError::new(
+                Kind::Unavailable,
+                "balance_unavailable",
+                format!("balances are unavailable, try again shortly ({m})"),
+            ),
+            BankError::Store(e) => internal(format!("balance lookup failed: {e}")),
+        }
+    }
     pub fn internal(msg: impl Into<String>) -> RelayError {
         RelayError::new(Kind::Internal, "internal_error", msg)
     }

@@ -100,7 +100,7 @@ pub async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, RelayError
             .bank
             .token_available(&state.store, t.id)
             .await
-            .map_err(|e| errors::internal(format!("balance lookup failed: {e}")))?;
+            .map_err(errors::bank)?;
         if left <= 0 {
             return Err(errors::token_exhausted());
         }
@@ -157,7 +157,7 @@ pub async fn admit_model(state: &AppState, c: &Caller, model: &str) -> Result<()
         .bank
         .user_available(&state.store, c.user.id)
         .await
-        .map_err(|e| errors::internal(format!("balance lookup failed: {e}")))?;
+        .map_err(errors::bank)?;
     if left <= 0 {
         return Err(errors::user_quota());
     }

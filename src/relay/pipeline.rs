@@ -20,7 +20,6 @@ use super::tab::Tab;
 use super::upstream::{self, UpstreamError};
 use super::{Call, convert, stream};
 use crate::billing::Price;
-use crate::billing::bank::{BankError, Refusal};
 use crate::ledger::Entry;
 use crate::routing::ChannelRt;
 use crate::state::SharedState;
@@ -72,11 +71,7 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
             amount,
         )
         .await
-        .map_err(|e| match e {
-            BankError::Refused(Refusal::Token) => errors::token_insufficient(),
-            BankError::Refused(Refusal::User) => errors::user_quota(),
-            BankError::Store(e) => errors::internal(format!("balance lookup failed: {e}")),
-        })?;
+        .map_err(errors::bank)?;
     let mut tab = Tab::new(state.clone(), &call, price, reservation);
     let attempts = if call.caller.pinned.is_some() {
         1

@@ -115,11 +115,21 @@ impl Tab {
     }
 
     /// Converts the reservation into the real charge and builds the entry.
-    fn close(&mut self, usage: Usage, source: UsageSource, http_status: u16) -> Option<Entry> {
+    async fn close(
+        &mut self,
+        usage: Usage,
+        source: UsageSource,
+        http_status: u16,
+    ) -> Option<Entry> {
         let reservation = self.reservation.take()?;
         let qpu = self.state.options().quota_per_unit;
         let quota = self.price.cost(&usage, qpu);
-        self.state.bank.settle(reservation, quota);
+        let (token_gen, user_gen) = reservation.generations();
+        if let Err(e) = self.state.bank.settle(reservation, quota).await {
+            // The charge is still recorded; the shared balance catches up when
+            // the account is next reseeded.
+            tracing::warn!(error = %e, "settling a call's balance failed");
+        }
         self.state.metrics.relay_settled.increment(1);
         self.state
             .metrics
@@ -199,28 +209,26 @@ impl Tab {
             user_id: self.user_id,
             channel_id: self.channel_id,
             quota,
+            token_gen,
+            user_gen,
         })))
     }
 
     /// Settles and queues the row (waits if the ledger queue is full).
     pub async fn settle(mut self, usage: Usage, source: UsageSource, http_status: u16) {
-        if let Some(e) = self.close(usage, source, http_status) {
+        if let Some(e) = self.close(usage, source, http_status).await {
             self.state.ledger.record(e).await;
         }
     }
 
     /// Settles from a context that cannot wait (a dropped stream): the bank
     /// moves now, the row is queued by a tracked task.
-    pub fn settle_detached(mut self, usage: Usage, source: UsageSource, http_status: u16) {
+    pub fn settle_detached(self, usage: Usage, source: UsageSource, http_status: u16) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        if let Some(e) = self.close(usage, source, http_status) {
-            let ledger = self.state.ledger.clone();
-            self.state
-                .tracker
-                .spawn(async move { ledger.record(e).await });
-        }
+        let tracker = self.state.tracker.clone();
+        tracker.spawn(async move { self.settle(usage, source, http_status).await });
     }
 
     /// Whether the tab still holds its reservation.
