@@ -288,19 +288,36 @@ async fn tokens(s: &Store) {
     u.allow_ips = String::new();
     u.group = "default".into();
     u.expired_time = now() + 50;
-    s.update_token(&u).await.unwrap();
+    s.update_token(&u, true).await.unwrap();
     assert_eq!(s.token_by_id(t2, Owner::Any).await.unwrap(), u);
     // Writing the same values again is not "not found" (MySQL counts
     // changed rows unless told otherwise).
-    s.update_token(&u).await.unwrap();
+    s.update_token(&u, true).await.unwrap();
     let mut ghost = u.clone();
     ghost.id = 999_999;
     assert!(matches!(
-        s.update_token(&ghost).await,
+        s.update_token(&ghost, true).await,
         Err(StoreError::NotFound)
     ));
     s.set_token_status(t2, 4).await.unwrap();
     assert_eq!(s.token_by_id(t2, Owner::Any).await.unwrap().status, 4);
+    assert_eq!(s.token_remain(t2).await.unwrap(), 5);
+    // An update that does not set remain_quota leaves it alone: charges the
+    // ledger committed after the caller read the token are not undone.
+    let stale = s.token_by_id(t2, Owner::Any).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(s.dialect().sql(
+        "UPDATE tokens SET remain_quota = remain_quota - 3 WHERE id = ?",
+    )))
+    .bind(t2)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    let mut renamed = stale.clone();
+    renamed.name = "beta-3".into();
+    s.update_token(&renamed, false).await.unwrap();
+    assert_eq!(s.token_remain(t2).await.unwrap(), 2);
+    assert_eq!(s.token_by_id(t2, Owner::Any).await.unwrap().name, "beta-3");
+    s.update_token(&renamed, true).await.unwrap();
     assert_eq!(s.token_remain(t2).await.unwrap(), 5);
 
     // Delete is owner-scoped and answers what it removed.

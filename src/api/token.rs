@@ -489,7 +489,8 @@ async fn update(
     } else if status_only {
         return Err(ApiError::refused("status is required with status_only"));
     }
-    state.store.update_token(&next).await?;
+    let set_remain = !status_only && b.remain_quota.is_some();
+    state.store.update_token(&next, set_remain).await?;
     token_changed(&state, &next).await;
     if next.user_id != p.user.id {
         audit(

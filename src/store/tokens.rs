@@ -253,22 +253,33 @@ impl Store {
     }
 
     /// Writes the user-editable fields and the status of a token.
-    pub async fn update_token(&self, t: &Token) -> StoreResult<()> {
-        let res = self
-            .q(
-                "UPDATE tokens SET name = ?, status = ?, expired_time = ?, remain_quota = ?, \
-                unlimited_quota = ?, model_limits_enabled = ?, model_limits = ?, allow_ips = ?, \
-                group_name = ? WHERE id = ?",
-            )
+    pub async fn update_token(&self, t: &Token, set_remain: bool) -> StoreResult<()> {
+        // remain_quota is written only when the caller sets it: the ledger
+        // writer moves it concurrently, and writing back a value read earlier
+        // would undo its charges.
+        let sql = if set_remain {
+            "UPDATE tokens SET name = ?, status = ?, expired_time = ?, unlimited_quota = ?, \
+            model_limits_enabled = ?, model_limits = ?, allow_ips = ?, group_name = ?, \
+            remain_quota = ? WHERE id = ?"
+        } else {
+            "UPDATE tokens SET name = ?, status = ?, expired_time = ?, unlimited_quota = ?, \
+            model_limits_enabled = ?, model_limits = ?, allow_ips = ?, group_name = ? \
+            WHERE id = ?"
+        };
+        let mut q = self
+            .q(sql)
             .bind(t.name.clone())
             .bind(t.status)
             .bind(t.expired_time)
-            .bind(t.remain_quota)
             .bind(t.unlimited_quota as i64)
             .bind(t.model_limits_enabled as i64)
             .bind(t.model_limits.clone())
             .bind(t.allow_ips.clone())
-            .bind(t.group.clone())
+            .bind(t.group.clone());
+        if set_remain {
+            q = q.bind(t.remain_quota);
+        }
+        let res = q
             .bind(t.id)
             .execute(&self.pool)
             .await

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod relay;
+pub mod replicas;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
