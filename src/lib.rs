@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod ledger;
 pub mod mock;
+pub mod ratelimit;
 pub mod relay;
 pub mod routing;
 pub mod server;

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::config::options::Options;
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::routing::Snapshot;
-use crate::state::{AppState, Limits, SharedState};
+use crate::state::{AppState, SharedState};
 use crate::store::{NewUser, Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
@@ -140,9 +140,12 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         secrets,
         options: ArcSwap::from_pointee(options),
         started_at: crate::store::now(),
-        limits: Limits::default(),
         caches: Caches::new(CacheTtl::default()),
         bank,
+        limiter: match &redis {
+            Some(r) => crate::ratelimit::Limiter::redis(r.clone()),
+            None => crate::ratelimit::Limiter::local(),
+        },
         ledger,
         routing: ArcSwap::from_pointee(routing),
         http,

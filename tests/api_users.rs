@@ -877,3 +877,35 @@ async fn manage_actions_follow_role_rules() {
         && l.log.user_id == alice.id));
     ts.stop().await;
 }
+
+/// Login attempts are throttled per client IP (20 a minute), wrong and
+/// right passwords alike, so a password cannot be guessed at speed.
+#[tokio::test]
+async fn login_attempts_are_throttled_per_client_ip() {
+    let ts = spawn().await;
+    // One attempt: the login inside `user`.
+    ts.user("alice", 1).await;
+    let client = reqwest::Client::new();
+    for i in 2..=20 {
+        let (r, _) = login(&ts, &client, "alice", "wrong-password").await;
+        assert_eq!(r.status, StatusCode::OK, "attempt {i}: {}", r.body);
+        assert!(!r.body["success"].as_bool().unwrap());
+    }
+    let (r, cookie) = login(&ts, &client, "alice", "password123").await;
+    r.error(StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.message().contains("too many login attempts"),
+        "{}",
+        r.body
+    );
+    assert!(cookie.is_empty(), "a throttled login set a session");
+    // Registration shares the budget.
+    let r = send(
+        client
+            .post(ts.url("/api/user/register"))
+            .json(&json!({"username": "mallory", "password": "password123"})),
+    )
+    .await;
+    r.error(StatusCode::TOO_MANY_REQUESTS);
+    ts.stop().await;
+}

@@ -673,3 +673,35 @@ async fn expiry_is_checked_before_an_exhausted_status() {
     );
     ts.stop().await;
 }
+
+/// A body must be a JSON object: an array is not read by position (serde
+/// would otherwise take `["gpt-4o"]` as `{"model": "gpt-4o"}`).
+#[tokio::test]
+async fn array_bodies_are_refused_at_every_door() {
+    let (ts, mock) = setup().await;
+    let (_, _, key) = ts
+        .funded(
+            "alice",
+            1_000_000,
+            json!({"name": "k", "unlimited_quota": true}),
+        )
+        .await;
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/v1/responses",
+        "/v1beta/models/gpt-4o:generateContent",
+    ] {
+        let r = ts.relay(&key, path, json!(["gpt-4o", false, 5])).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(
+            r.text.contains("expected a JSON object"),
+            "{path}: {}",
+            r.text
+        );
+    }
+    assert_eq!(mock.state.count("ok"), 0);
+    ts.stop().await;
+}

@@ -302,3 +302,82 @@ async fn changes_reach_every_replica() {
     assert_error(&r, 403, "permission_error", "user_disabled");
     c.finish().await;
 }
+
+/// Rate limits are counted once for all replicas (Redis): a key allowed 5
+/// requests a minute gets exactly 5 through, however its calls are spread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_replicas() {
+    let Some(mut c) = Cluster::new(Db::Mysql).await else {
+        return;
+    };
+    let mock = common::relay::mock().await;
+    c.start().await;
+    let a = c.ts(0);
+    a.mock_channel(&mock, "ok", "cc", 0).await;
+    a.option("ModelRatio", r#"{"cc": 1}"#).await;
+    let carol = a.user("carol", 1).await;
+    a.give_quota(&carol, 100_000_000).await;
+    let (_, key) = a
+        .key(
+            &carol,
+            json!({"name": "k", "unlimited_quota": true, "rpm_limit": 5}),
+        )
+        .await;
+    let (_, tkey) = a
+        .key(
+            &carol,
+            json!({"name": "t", "unlimited_quota": true, "tpm_limit": 40}),
+        )
+        .await;
+    c.start_n(2).await;
+    let b = body(Some(5));
+    let calls = (0..12).map(|i| c.ts(i % 3).relay(&key, "/v1/chat/completions", b.clone()));
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 5, "exactly the limit gets through");
+    for r in results.iter().filter(|r| r.status != 200) {
+        assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded");
+        assert!(r.headers.contains_key("retry-after"));
+    }
+    // Tokens: 15 a call, counted wherever the call ran: three fit in 40.
+    for i in 0..3 {
+        let r = c
+            .ts(i)
+            .relay(&tkey, "/v1/chat/completions", b.clone())
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = c
+        .ts(1)
+        .relay(&tkey, "/v1/chat/completions", b.clone())
+        .await;
+    assert_error(&r, 429, "rate_limit_error", "rate_limit_exceeded");
+    assert_eq!(mock.state.count("ok"), 8);
+    c.finish().await;
+}
+
+/// Login throttling counts attempts on every replica together: spreading a
+/// password guess over replicas gains nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_throttle_is_shared_by_replicas() {
+    let Some(mut c) = Cluster::new(Db::Postgres).await else {
+        return;
+    };
+    c.start_n(2).await;
+    let attempt = |i: usize| {
+        let ts = c.ts(i % 2);
+        ts.http
+            .post(ts.url("/api/user/login"))
+            .json(&json!({"username": "root", "password": "guess"}))
+            .send()
+    };
+    for i in 0..20 {
+        let r = attempt(i).await.unwrap();
+        assert_eq!(r.status(), 200, "attempt {i}");
+    }
+    for i in 0..2 {
+        let r = attempt(i).await.unwrap();
+        assert_eq!(r.status(), 429, "replica {i} let a 21st attempt through");
+    }
+    c.finish().await;
+}

@@ -55,6 +55,8 @@ fn token(user_id: i64, name: &str, key: &str) -> Token {
         model_limits: "[\"a\", \"b\"]".into(),
         allow_ips: "10.0.0.0/8".into(),
         group: "vip".into(),
+        rpm_limit: 7,
+        tpm_limit: 9000,
     }
 }
 
@@ -288,6 +290,8 @@ async fn tokens(s: &Store) {
     u.allow_ips = String::new();
     u.group = "default".into();
     u.expired_time = now() + 50;
+    u.rpm_limit = 0;
+    u.tpm_limit = 12;
     s.update_token(&u, true).await.unwrap();
     assert_eq!(s.token_by_id(t2, Owner::Any).await.unwrap(), u);
     // Writing the same values again is not "not found" (MySQL counts

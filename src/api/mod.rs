@@ -105,6 +105,41 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Key retrievals (`POST /api/token/:id/key`, `/batch/keys`) per user per minute.
+pub const KEY_VIEWS_PER_MINUTE: i64 = 30;
+/// Login and registration attempts per client IP per minute.
+pub const LOGINS_PER_MINUTE: i64 = 20;
+
+/// Throttles a sensitive route: at most `per_minute` hits a minute for
+/// `who`, counted across replicas when Redis is configured. When the
+/// counters cannot be reached the request passes (a Redis outage must not
+/// lock everyone out of the dashboard) and the failure is logged.
+pub async fn throttle(
+    state: &crate::state::AppState,
+    what: &'static str,
+    who: &str,
+    per_minute: i64,
+) -> ApiResult<()> {
+    let limit = crate::ratelimit::Limit {
+        key: format!("th:{what}:{who}"),
+        window: std::time::Duration::from_secs(60),
+        max: per_minute,
+        measure: crate::ratelimit::Measure::Requests,
+        owner: "client",
+    };
+    match state.limiter.admit(std::slice::from_ref(&limit)).await {
+        Ok(None) => Ok(()),
+        Ok(Some(r)) => Err(ApiError::TooManyRequests(format!(
+            "too many {what} attempts; try again in {} s",
+            r.retry_after.as_secs().max(1)
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "throttle unavailable; letting the request through");
+            Ok(())
+        }
+    }
+}
+
 /// Turns a unique-key violation into a refusal naming the field, in one line:
 /// `store.create_user(&u).await.on_unique("username is already taken")?`.
 pub trait OnUnique<T> {

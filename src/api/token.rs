@@ -39,6 +39,8 @@ pub fn router() -> Router<SharedState> {
 
 /// Longest token name, in characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 50;
+/// Largest per-key rate limit (requests or tokens per minute).
+pub const MAX_RATE_LIMIT: i64 = 1_000_000_000;
 /// Most ids one batch call may name.
 pub const MAX_BATCH_IDS: usize = 100;
 
@@ -61,6 +63,8 @@ pub struct TokenView {
     pub model_limits: String,
     pub allow_ips: String,
     pub group: String,
+    pub rpm_limit: i64,
+    pub tpm_limit: i64,
 }
 
 impl TokenView {
@@ -81,6 +85,8 @@ impl TokenView {
             model_limits: t.model_limits.clone(),
             allow_ips: t.allow_ips.clone(),
             group: t.group.clone(),
+            rpm_limit: t.rpm_limit,
+            tpm_limit: t.tpm_limit,
         }
     }
 }
@@ -125,6 +131,8 @@ pub struct TokenBody {
     pub model_limits: Option<String>,
     pub allow_ips: Option<String>,
     pub group: Option<String>,
+    pub rpm_limit: Option<i64>,
+    pub tpm_limit: Option<i64>,
 }
 
 /// Largest `remain_quota`: a billion dollars' worth at the current rate.
@@ -198,6 +206,19 @@ fn apply_fields(
         parse_allow_ips(ips).map_err(ApiError::Refused)?;
         next.allow_ips = ips.trim().to_string();
     }
+    for (field, v, slot) in [
+        ("rpm_limit", b.rpm_limit, &mut next.rpm_limit),
+        ("tpm_limit", b.tpm_limit, &mut next.tpm_limit),
+    ] {
+        if let Some(v) = v {
+            if !(0..=MAX_RATE_LIMIT).contains(&v) {
+                return Err(ApiError::refused(format!(
+                    "{field} must be 0 (no limit) to {MAX_RATE_LIMIT}"
+                )));
+            }
+            *slot = v;
+        }
+    }
     if let Some(g) = &b.group {
         let g = g.trim();
         if !g.is_empty() && !state.options().group_selectable(owner_group, g) {
@@ -262,6 +283,8 @@ async fn create(
         model_limits: String::new(),
         allow_ips: String::new(),
         group: String::new(),
+        rpm_limit: 0,
+        tpm_limit: 0,
     };
     apply_fields(&state, &mut t, &b, &owner.group, true)?;
     let max = state.options().max_user_tokens;
@@ -599,10 +622,14 @@ async fn batch_delete(
     ok(deleted.len())
 }
 
-fn check_key_view_rate(state: &SharedState, p: &Principal) -> ApiResult<()> {
-    state.limits.key_view.check_key(&p.user.id).map_err(|_| {
-        ApiError::TooManyRequests("too many key retrievals; try again in a minute".into())
-    })
+async fn check_key_view_rate(state: &SharedState, p: &Principal) -> ApiResult<()> {
+    super::throttle(
+        state,
+        "key retrieval",
+        &p.user.id.to_string(),
+        super::KEY_VIEWS_PER_MINUTE,
+    )
+    .await
 }
 
 /// Full keys must never sit in a shared or browser cache.
@@ -619,7 +646,7 @@ async fn full_key(
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> ApiResult {
-    check_key_view_rate(&state, &p)?;
+    check_key_view_rate(&state, &p).await?;
     let id = parse_id(&id)?;
     let t = state.store.token_by_id(id, scope(&p)).await?;
     let key = full_key_of(&state, &t)?;
@@ -647,7 +674,7 @@ async fn batch_keys(
     ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<Ids>,
 ) -> ApiResult {
-    check_key_view_rate(&state, &p)?;
+    check_key_view_rate(&state, &p).await?;
     let ids = batch_ids(b)?;
     let tokens = state.store.tokens_by_ids(&ids, scope(&p)).await?;
     let mut out = serde_json::Map::new();

@@ -143,11 +143,7 @@ async fn register(
     ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<Credentials>,
 ) -> ApiResult {
-    if state.limits.login.check_key(&ip).is_err() {
-        return Err(ApiError::TooManyRequests(
-            "too many attempts; try again in a minute".into(),
-        ));
-    }
+    super::throttle(&state, "login", &ip.to_string(), super::LOGINS_PER_MINUTE).await?;
     let opts = state.options();
     if !opts.register_enabled {
         return Err(ApiError::refused(
@@ -215,11 +211,7 @@ async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(b): JsonBody<Credentials>,
 ) -> ApiResult {
-    if state.limits.login.check_key(&ip).is_err() {
-        return Err(ApiError::TooManyRequests(
-            "too many login attempts; try again in a minute".into(),
-        ));
-    }
+    super::throttle(&state, "login", &ip.to_string(), super::LOGINS_PER_MINUTE).await?;
     if !state.options().password_login_enabled {
         return Err(ApiError::refused(
             "password login has been disabled by the administrator",

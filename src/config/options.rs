@@ -36,6 +36,13 @@ pub mod keys {
     pub const QUOTA_FOR_NEW_USER: &str = "QuotaForNewUser";
     pub const PRE_CONSUMED_QUOTA: &str = "PreConsumedQuota";
     pub const DEFAULT_OUTPUT_ALLOWANCE: &str = "DefaultOutputAllowance";
+    pub const RATE_LIMIT_ENABLED: &str = "ModelRequestRateLimitEnabled";
+    pub const RATE_LIMIT_MINUTES: &str = "ModelRequestRateLimitDurationMinutes";
+    pub const RATE_LIMIT_COUNT: &str = "ModelRequestRateLimitCount";
+    pub const RATE_LIMIT_SUCCESS_COUNT: &str = "ModelRequestRateLimitSuccessCount";
+    pub const RATE_LIMIT_GROUP: &str = "ModelRequestRateLimitGroup";
+    /// sluice's own: tokens per user per rate-limit window.
+    pub const TOKEN_RATE_LIMIT_COUNT: &str = "ModelTokenRateLimitCount";
 }
 
 /// How an option's string value is checked.
@@ -50,6 +57,8 @@ enum Kind {
     Int(i64, i64),
     /// Positive finite number.
     PositiveFloat,
+    /// JSON object: group → [requests, successful requests].
+    RateLimitGroups,
     Text,
 }
 
@@ -63,7 +72,12 @@ fn kind_of(key: &str) -> Option<Kind> {
         | REGISTER_ENABLED
         | PASSWORD_LOGIN_ENABLED
         | PASSWORD_REGISTER_ENABLED
-        | SELF_USE_MODE_ENABLED => Kind::Bool,
+        | SELF_USE_MODE_ENABLED
+        | RATE_LIMIT_ENABLED => Kind::Bool,
+        RATE_LIMIT_MINUTES => Kind::Int(1, 1440),
+        RATE_LIMIT_COUNT | RATE_LIMIT_SUCCESS_COUNT => Kind::Int(0, 100_000_000),
+        TOKEN_RATE_LIMIT_COUNT => Kind::Int(0, 1_000_000_000_000),
+        RATE_LIMIT_GROUP => Kind::RateLimitGroups,
         RETRY_TIMES => Kind::Int(0, 10),
         MAX_USER_TOKENS => Kind::Int(1, 1_000_000),
         QUOTA_FOR_NEW_USER | PRE_CONSUMED_QUOTA => Kind::Int(0, i64::MAX / 4),
@@ -139,6 +153,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
                 return Err(format!("{key} must be a positive number"));
             }
         }
+        Kind::RateLimitGroups => {
+            parse_rate_groups(value).map_err(|e| format!("{key}: {e}"))?;
+        }
         Kind::Text => {
             if value.chars().count() > 256 {
                 return Err(format!("{key} must be at most 256 characters"));
@@ -146,6 +163,42 @@ pub fn validate(key: &str, value: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `{"group": [requests, successful requests], …}` with counts from 0 (no
+/// limit) to 100 000 000.
+fn parse_rate_groups(value: &str) -> Result<HashMap<String, (i64, i64)>, String> {
+    let map: BTreeMap<String, Value> =
+        serde_json::from_str(value).map_err(|e| format!("must be a JSON object: {e}"))?;
+    let mut out = HashMap::new();
+    for (g, v) in map {
+        let pair = v
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some((a[0].as_i64()?, a[1].as_i64()?)))
+            .filter(|(a, b)| (0..=100_000_000).contains(a) && (0..=100_000_000).contains(b))
+            .ok_or_else(|| {
+                format!("'{g}' must map to [requests, successful requests], each 0 to 100000000")
+            })?;
+        out.insert(g, pair);
+    }
+    Ok(out)
+}
+
+/// The per-user rate limit (new-api's `ModelRequestRateLimit*`).
+#[derive(Debug, Clone, Default)]
+pub struct UserRateLimit {
+    pub enabled: bool,
+    /// Window length.
+    pub minutes: i64,
+    /// Requests per window, failed ones included (0: none).
+    pub total: i64,
+    /// Successful requests per window (0: none).
+    pub success: i64,
+    /// Tokens per window (0: none).
+    pub tokens: i64,
+    /// Per-group (requests, successes), overriding the two above.
+    pub groups: HashMap<String, (i64, i64)>,
 }
 
 /// The shipped default ratios (one data file, SPEC §6).
@@ -199,6 +252,13 @@ fn defaults() -> BTreeMap<String, String> {
     put(keys::QUOTA_FOR_NEW_USER, "0".into());
     put(keys::PRE_CONSUMED_QUOTA, "500".into());
     put(keys::DEFAULT_OUTPUT_ALLOWANCE, "4096".into());
+    // new-api's defaults: off; when on, 1000 successes a minute.
+    put(keys::RATE_LIMIT_ENABLED, "false".into());
+    put(keys::RATE_LIMIT_MINUTES, "1".into());
+    put(keys::RATE_LIMIT_COUNT, "0".into());
+    put(keys::RATE_LIMIT_SUCCESS_COUNT, "1000".into());
+    put(keys::RATE_LIMIT_GROUP, "{}".into());
+    put(keys::TOKEN_RATE_LIMIT_COUNT, "0".into());
     d
 }
 
@@ -230,6 +290,8 @@ pub struct Options {
     pub quota_for_new_user: i64,
     /// Output tokens reserved for a call that gives no `max_tokens`.
     pub default_output_allowance: i64,
+    /// Per-user rate limits.
+    pub user_rate: UserRateLimit,
 }
 
 impl Default for Options {
@@ -283,6 +345,17 @@ impl Options {
             max_user_tokens: get_i64(keys::MAX_USER_TOKENS, DEFAULT_MAX_USER_TOKENS),
             quota_for_new_user: get_i64(keys::QUOTA_FOR_NEW_USER, 0),
             default_output_allowance: get_i64(keys::DEFAULT_OUTPUT_ALLOWANCE, 4096),
+            user_rate: UserRateLimit {
+                enabled: get_bool(keys::RATE_LIMIT_ENABLED),
+                minutes: get_i64(keys::RATE_LIMIT_MINUTES, 1),
+                total: get_i64(keys::RATE_LIMIT_COUNT, 0),
+                success: get_i64(keys::RATE_LIMIT_SUCCESS_COUNT, 1000),
+                tokens: get_i64(keys::TOKEN_RATE_LIMIT_COUNT, 0),
+                groups: raw
+                    .get(keys::RATE_LIMIT_GROUP)
+                    .and_then(|v| parse_rate_groups(v).ok())
+                    .unwrap_or_default(),
+            },
             raw,
         }
     }
@@ -315,6 +388,12 @@ mod tests {
         assert!(validate("RegisterEnabled", "yes").is_err());
         assert!(validate("QuotaPerUnit", "0").is_err());
         assert!(validate("SomethingNew", "anything").is_ok());
+        assert!(validate("ModelRequestRateLimitGroup", r#"{"vip":[10,5]}"#).is_ok());
+        assert!(validate("ModelRequestRateLimitGroup", r#"{"vip":[10]}"#).is_err());
+        assert!(validate("ModelRequestRateLimitGroup", r#"{"vip":[-1,5]}"#).is_err());
+        assert!(validate("ModelRequestRateLimitGroup", "[]").is_err());
+        assert!(validate("ModelRequestRateLimitDurationMinutes", "0").is_err());
+        assert!(validate("ModelRequestRateLimitCount", "-1").is_err());
     }
 
     #[test]

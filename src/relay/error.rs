@@ -294,6 +294,21 @@ pub mod errors {
             BankError::Store(e) => internal(format!("balance lookup failed: {e}")),
         }
     }
+    /// A rate limit refused the call.
+    pub fn rate_limited(r: crate::ratelimit::Refused) -> RelayError {
+        let mut e = RelayError::new(Kind::RateLimited, "rate_limit_exceeded", r.limit.describe());
+        // Whole seconds, rounded up: retrying at the advertised time works.
+        e.retry_after = Some(r.retry_after.as_millis().div_ceil(1000).max(1) as u64);
+        e
+    }
+    /// The rate-limit counters could not be read.
+    pub fn rate_unavailable(e: crate::ratelimit::Unavailable) -> RelayError {
+        RelayError::new(
+            Kind::Unavailable,
+            "rate_limit_unavailable",
+            format!("rate limits cannot be checked, try again shortly ({})", e.0),
+        )
+    }
     pub fn internal(msg: impl Into<String>) -> RelayError {
         RelayError::new(Kind::Internal, "internal_error", msg)
     }

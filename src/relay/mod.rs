@@ -74,6 +74,13 @@ pub async fn serve(
     let prepared = async {
         let caller = gate::admit(&state, &parts).await?;
         let body = read_body(body, state.config.max_body_bytes).await?;
+        // serde reads a struct from a JSON array too (by position); every
+        // door's body is an object.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(errors::bad_request(
+                "invalid request body: expected a JSON object",
+            ));
+        }
         let head = read_head(&body)?;
         gate::admit_model(&state, &caller, &head.model).await?;
         Ok::<Call, RelayError>(Call {

@@ -59,6 +59,15 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
     }
     let price = Price::of(&opts, &call.model, &group)
         .map_err(|e| RelayError::new(Kind::InvalidRequest, "model_price_error", e.to_string()))?;
+    let limits = crate::ratelimit::plan(&call.caller, &opts);
+    if let Some(refused) = state
+        .limiter
+        .admit(&limits)
+        .await
+        .map_err(errors::rate_unavailable)?
+    {
+        return Err(errors::rate_limited(refused));
+    }
     let max_out = call.max_output.unwrap_or(opts.default_output_allowance);
     let amount = price.reserve(call.prompt_upper, max_out, opts.quota_per_unit);
     let t = &call.caller.token.token;
@@ -72,7 +81,7 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
         )
         .await
         .map_err(errors::bank)?;
-    let mut tab = Tab::new(state.clone(), &call, price, reservation);
+    let mut tab = Tab::new(state.clone(), &call, price, reservation, limits);
     let attempts = if call.caller.pinned.is_some() {
         1
     } else {

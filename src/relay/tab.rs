@@ -81,11 +81,19 @@ pub struct Tab {
     pub tried: Vec<i64>,
     pub first_response: Option<Instant>,
     pub client_disconnected: bool,
+    /// Rate limits that count this call's tokens and success.
+    limits: Vec<crate::ratelimit::Limit>,
 }
 
 impl Tab {
     /// Opens a tab for `call` holding `reservation`.
-    pub fn new(state: SharedState, call: &Call, price: Price, reservation: Reservation) -> Tab {
+    pub fn new(
+        state: SharedState,
+        call: &Call,
+        price: Price,
+        reservation: Reservation,
+        limits: Vec<crate::ratelimit::Limit>,
+    ) -> Tab {
         let t = &call.caller.token.token;
         Tab {
             reservation: Some(reservation),
@@ -110,6 +118,7 @@ impl Tab {
             tried: Vec::new(),
             first_response: None,
             client_disconnected: false,
+            limits,
             state,
         }
     }
@@ -129,6 +138,14 @@ impl Tab {
             // The charge is still recorded; the shared balance catches up when
             // the account is next reseeded.
             tracing::warn!(error = %e, "settling a call's balance failed");
+        }
+        if !self.limits.is_empty() {
+            // Counted before the call is over, so the caller's next call sees it.
+            let tokens = usage.prompt_tokens.max(0) + usage.completion_tokens.max(0);
+            self.state
+                .limiter
+                .settled(&self.limits, tokens, http_status < 400)
+                .await;
         }
         self.state.metrics.relay_settled.increment(1);
         self.state

@@ -34,11 +34,15 @@ pub struct Token {
     pub model_limits: String,
     pub allow_ips: String,
     pub group: String,
+    /// Requests per minute this key may make (0: no limit).
+    pub rpm_limit: i64,
+    /// Tokens (prompt + completion) per minute this key may use (0: no limit).
+    pub tpm_limit: i64,
 }
 
 const TOKEN_COLS: &str = "id, user_id, key_hash, key_cipher, status, name, created_time, \
     accessed_time, expired_time, remain_quota, unlimited_quota, used_quota, request_count, \
-    model_limits_enabled, model_limits, allow_ips, group_name";
+    model_limits_enabled, model_limits, allow_ips, group_name, rpm_limit, tpm_limit";
 
 fn token_from_row(r: &AnyRow) -> Result<Token, sqlx::Error> {
     Ok(Token {
@@ -59,6 +63,8 @@ fn token_from_row(r: &AnyRow) -> Result<Token, sqlx::Error> {
         model_limits: r.try_get("model_limits")?,
         allow_ips: r.try_get("allow_ips")?,
         group: r.try_get("group_name")?,
+        rpm_limit: r.try_get("rpm_limit")?,
+        tpm_limit: r.try_get("tpm_limit")?,
     })
 }
 
@@ -125,8 +131,8 @@ impl Store {
             .q(&self.insert_sql(
                 "INSERT INTO tokens (user_id, key_hash, key_cipher, status, name, created_time, \
                  accessed_time, expired_time, remain_quota, unlimited_quota, used_quota, request_count, \
-                 model_limits_enabled, model_limits, allow_ips, group_name) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+                 model_limits_enabled, model_limits, allow_ips, group_name, rpm_limit, tpm_limit) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?)",
             ))
             .bind(t.user_id)
             .bind(t.key_hash.clone())
@@ -141,7 +147,9 @@ impl Store {
             .bind(t.model_limits_enabled as i64)
             .bind(t.model_limits.clone())
             .bind(t.allow_ips.clone())
-            .bind(t.group.clone());
+            .bind(t.group.clone())
+            .bind(t.rpm_limit)
+            .bind(t.tpm_limit);
         let id = self.insert_returning_id(&mut *tx, q).await?;
         tx.commit().await?;
         Ok(id)
@@ -260,11 +268,11 @@ impl Store {
         let sql = if set_remain {
             "UPDATE tokens SET name = ?, status = ?, expired_time = ?, unlimited_quota = ?, \
             model_limits_enabled = ?, model_limits = ?, allow_ips = ?, group_name = ?, \
-            remain_quota = ? WHERE id = ?"
+            rpm_limit = ?, tpm_limit = ?, remain_quota = ? WHERE id = ?"
         } else {
             "UPDATE tokens SET name = ?, status = ?, expired_time = ?, unlimited_quota = ?, \
-            model_limits_enabled = ?, model_limits = ?, allow_ips = ?, group_name = ? \
-            WHERE id = ?"
+            model_limits_enabled = ?, model_limits = ?, allow_ips = ?, group_name = ?, \
+            rpm_limit = ?, tpm_limit = ? WHERE id = ?"
         };
         let mut q = self
             .q(sql)
@@ -275,7 +283,9 @@ impl Store {
             .bind(t.model_limits_enabled as i64)
             .bind(t.model_limits.clone())
             .bind(t.allow_ips.clone())
-            .bind(t.group.clone());
+            .bind(t.group.clone())
+            .bind(t.rpm_limit)
+            .bind(t.tpm_limit);
         if set_remain {
             q = q.bind(t.remain_quota);
         }
