@@ -154,6 +154,9 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         redis,
         shutdown: CancellationToken::new(),
     });
+    if let QuotaBank::Redis(b) = &*state.bank {
+        state.tracker.spawn(b.clone().heal(state.shutdown.clone()));
+    }
     state.tracker.spawn(crate::cache::bus::subscribe(
         state.clone(),
         state.shutdown.clone(),
@@ -315,6 +318,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         st.tracker.close();
         st.tracker.wait().await;
         writer.stop().await;
+        if let QuotaBank::Redis(b) = &*st.bank {
+            b.drain(std::time::Duration::from_secs(3)).await;
+        }
         st.store.close().await;
         Ok(())
     });

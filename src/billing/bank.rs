@@ -281,9 +281,9 @@ impl Drop for RedisReservation {
             h.spawn(async move {
                 use super::redis_bank::Acct;
                 if let Some((id, g)) = token {
-                    let _ = bank.adjust(Acct::Token(id), g, -amount).await;
+                    bank.adjust(Acct::Token(id), g, -amount).await;
                 }
-                let _ = bank.adjust(Acct::User(user.0), user.1, -amount).await;
+                bank.adjust(Acct::User(user.0), user.1, -amount).await;
             });
         }
     }
@@ -357,9 +357,10 @@ impl QuotaBank {
                 r.settled = true;
                 let delta = charge - r.amount;
                 if let Some((id, g)) = r.token {
-                    b.adjust(Acct::Token(id), g, delta).await?;
+                    b.adjust(Acct::Token(id), g, delta).await;
                 }
-                b.adjust(Acct::User(r.user.0), r.user.1, delta).await
+                b.adjust(Acct::User(r.user.0), r.user.1, delta).await;
+                Ok(())
             }
             // A reservation always comes from the bank that settles it.
             _ => Ok(()),
@@ -382,14 +383,10 @@ impl QuotaBank {
             QuotaBank::Redis(b) => {
                 use super::redis_bank::Acct;
                 for (id, g, amount) in &c.tokens {
-                    if let Err(e) = b.committed(Acct::Token(*id), *g, *amount).await {
-                        tracing::warn!(error = %e, token = id, "redis balance not moved after commit");
-                    }
+                    b.committed(Acct::Token(*id), *g, *amount).await;
                 }
                 for (id, g, amount) in &c.users {
-                    if let Err(e) = b.committed(Acct::User(*id), *g, *amount).await {
-                        tracing::warn!(error = %e, user = id, "redis balance not moved after commit");
-                    }
+                    b.committed(Acct::User(*id), *g, *amount).await;
                 }
             }
         }
@@ -399,7 +396,10 @@ impl QuotaBank {
     pub async fn reload_token(&self, store: &Store, id: i64) -> Result<(), BankError> {
         match self {
             QuotaBank::Local(b) => Ok(b.reload_token(store, id).await?),
-            QuotaBank::Redis(b) => b.forget(super::redis_bank::Acct::Token(id)).await,
+            QuotaBank::Redis(b) => {
+                b.forget(super::redis_bank::Acct::Token(id)).await;
+                Ok(())
+            }
         }
     }
 
@@ -407,7 +407,10 @@ impl QuotaBank {
     pub async fn reload_user(&self, store: &Store, id: i64) -> Result<(), BankError> {
         match self {
             QuotaBank::Local(b) => Ok(b.reload_user(store, id).await?),
-            QuotaBank::Redis(b) => b.forget(super::redis_bank::Acct::User(id)).await,
+            QuotaBank::Redis(b) => {
+                b.forget(super::redis_bank::Acct::User(id)).await;
+                Ok(())
+            }
         }
     }
 }

@@ -17,7 +17,12 @@
 //! Keys expire after an idle hour, so any drift (a replica killed between its
 //! database commit and its Redis update) is bounded in time.
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use parking_lot::Mutex;
 use redis::Script;
+use tokio_util::sync::CancellationToken;
 
 use super::bank::{BankError, Refusal};
 use crate::cache::redis::Redis;
@@ -72,11 +77,16 @@ return 1
 ";
 
 /// After a database commit of ARGV[2]: db -= it; pending -= it if the
-/// generation is still ARGV[1].
+/// generation is still ARGV[1]. A replay (ARGV[3] == '1', Redis was away
+/// when the commit happened) of an older generation does nothing: that
+/// account was reseeded after the database commit, which it includes.
 const COMMIT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'db', -tonumber(ARGV[2]))
-  if tonumber(redis.call('HGET', KEYS[1], 'gen')) == tonumber(ARGV[1]) then
+  local same = tonumber(redis.call('HGET', KEYS[1], 'gen')) == tonumber(ARGV[1])
+  if same or ARGV[3] ~= '1' then
+    redis.call('HINCRBY', KEYS[1], 'db', -tonumber(ARGV[2]))
+  end
+  if same then
     redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(ARGV[2]))
   end
 end
@@ -84,7 +94,7 @@ return 1
 ";
 
 /// An account's key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acct {
     Token(i64),
     User(i64),
@@ -100,7 +110,22 @@ struct Inner {
     reserve: Script,
     adjust: Script,
     commit: Script,
+    /// Moves Redis did not take (it was unreachable), replayed once it is
+    /// back; without them a reservation would stay held for good.
+    redo: Mutex<VecDeque<Redo>>,
 }
+
+/// A balance move to replay.
+#[derive(Debug, Clone, Copy)]
+enum Redo {
+    Adjust(Acct, u64, i64),
+    Commit(Acct, u64, i64),
+    Forget(Acct),
+}
+
+/// Most moves kept for replay (each is a few bytes); beyond, the oldest are
+/// dropped and their accounts heal when next reseeded.
+const MAX_REDO: usize = 1_000_000;
 
 fn unavailable(e: redis::RedisError) -> BankError {
     BankError::Unavailable(e.to_string())
@@ -115,6 +140,7 @@ impl RedisBank {
             reserve: Script::new(RESERVE),
             adjust: Script::new(ADJUST),
             commit: Script::new(COMMIT),
+            redo: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -207,46 +233,126 @@ impl RedisBank {
         ))
     }
 
-    /// `pending += delta` on an account of generation `gen`.
-    pub async fn adjust(&self, a: Acct, gen_: u64, delta: i64) -> Result<(), BankError> {
-        if delta == 0 {
-            return Ok(());
+    /// `pending += delta` on an account of generation `gen`. If Redis cannot
+    /// take it now, it is replayed later.
+    pub async fn adjust(&self, a: Acct, gen_: u64, delta: i64) {
+        if delta != 0 && self.run(Redo::Adjust(a, gen_, delta), false).await.is_err() {
+            self.later(Redo::Adjust(a, gen_, delta));
         }
-        let mut conn = self.0.redis.conn.clone();
-        self.0
-            .adjust
-            .key(self.key(a))
-            .arg(gen_)
-            .arg(delta)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
-    /// After the ledger committed `amount` for an account of generation `gen`.
-    pub async fn committed(&self, a: Acct, gen_: u64, amount: i64) -> Result<(), BankError> {
-        let mut conn = self.0.redis.conn.clone();
-        self.0
-            .commit
-            .key(self.key(a))
-            .arg(gen_)
-            .arg(amount)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+    /// After the ledger committed `amount` for an account of generation
+    /// `gen`. If Redis cannot take it now, it is replayed later.
+    pub async fn committed(&self, a: Acct, gen_: u64, amount: i64) {
+        if amount != 0
+            && self
+                .run(Redo::Commit(a, gen_, amount), false)
+                .await
+                .is_err()
+        {
+            self.later(Redo::Commit(a, gen_, amount));
+        }
     }
 
     /// Forgets an account (an admin changed its balance): the next use
-    /// reseeds it from the database.
-    pub async fn forget(&self, a: Acct) -> Result<(), BankError> {
+    /// reseeds it from the database. If Redis cannot take it now, it is
+    /// replayed later.
+    pub async fn forget(&self, a: Acct) {
+        if self.run(Redo::Forget(a), false).await.is_err() {
+            self.later(Redo::Forget(a));
+        }
+    }
+
+    async fn run(&self, op: Redo, replay: bool) -> Result<(), BankError> {
         let mut conn = self.0.redis.conn.clone();
-        redis::cmd("DEL")
-            .arg(self.key(a))
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let res = match op {
+            Redo::Adjust(a, g, delta) => {
+                self.0
+                    .adjust
+                    .key(self.key(a))
+                    .arg(g)
+                    .arg(delta)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            }
+            Redo::Commit(a, g, amount) => {
+                self.0
+                    .commit
+                    .key(self.key(a))
+                    .arg(g)
+                    .arg(amount)
+                    .arg(if replay { "1" } else { "0" })
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            }
+            Redo::Forget(a) => {
+                redis::cmd("DEL")
+                    .arg(self.key(a))
+                    .query_async::<i64>(&mut conn)
+                    .await
+            }
+        };
+        res.map(|_| ()).map_err(unavailable)
+    }
+
+    fn later(&self, op: Redo) {
+        let mut q = self.0.redo.lock();
+        if q.len() >= MAX_REDO {
+            q.pop_front();
+        }
+        q.push_back(op);
+        if q.len() == 1 || q.len().is_power_of_two() {
+            tracing::warn!(
+                queued = q.len(),
+                "redis unreachable: balance moves queued for replay"
+            );
+        }
+    }
+
+    /// Moves waiting for replay.
+    pub fn pending_replays(&self) -> usize {
+        self.0.redo.lock().len()
+    }
+
+    /// Replays queued moves in order until one fails. Returns whether the
+    /// queue is empty.
+    pub async fn replay(&self) -> bool {
+        loop {
+            let Some(op) = self.0.redo.lock().pop_front() else {
+                return true;
+            };
+            if self.run(op, true).await.is_err() {
+                self.0.redo.lock().push_front(op);
+                return false;
+            }
+        }
+    }
+
+    /// Replays queued moves every 200 ms until `stop`.
+    pub async fn heal(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if self.pending_replays() > 0 && self.replay().await {
+                tracing::info!("redis back: queued balance moves replayed");
+            }
+        }
+    }
+
+    /// At shutdown: tries for up to `patience` to replay what is queued.
+    pub async fn drain(&self, patience: Duration) {
+        let until = tokio::time::Instant::now() + patience;
+        while !self.replay().await {
+            if tokio::time::Instant::now() >= until {
+                tracing::error!(
+                    moves = self.pending_replays(),
+                    "redis unreachable at shutdown: balance moves not replayed; their accounts heal when reseeded"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }

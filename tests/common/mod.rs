@@ -4,6 +4,7 @@
 //! over HTTP like a client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod proxy;
 pub mod relay;
 pub mod replicas;
 
