@@ -113,7 +113,17 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         None => None,
     };
     let bank = Arc::new(match &redis {
-        Some(r) => QuotaBank::Redis(crate::billing::redis_bank::RedisBank::new(r.clone())),
+        Some(r) => {
+            let b = crate::billing::redis_bank::RedisBank::new(
+                r.clone(),
+                std::time::Duration::from_millis(config.redis_lease_ms),
+            );
+            // Lease first, so no hold is ever listed without one.
+            b.renew()
+                .await
+                .map_err(|e| ServerError::Redis(e.to_string()))?;
+            QuotaBank::Redis(b)
+        }
         None => QuotaBank::Local(LocalBank::default()),
     });
     let writer = Writer {

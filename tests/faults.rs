@@ -304,3 +304,134 @@ async fn redis_down_refuses_calls_and_recovers() {
     drop(proxy);
     ts.stop().await;
 }
+
+/// A replica cut off from Redis longer than its lease is presumed dead: another
+/// replica releases its holds. When it comes back, the moves it queued for
+/// the swept holds change nothing (a tombstone says so), so nothing is
+/// released twice; it goes on under a new epoch and the books agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_past_its_lease_is_swept_once() {
+    let Some(redis_url) = common::replicas::redis_url() else {
+        return;
+    };
+    let proxy = Proxy::start(&host_port(&redis_url)).await;
+    let prefix = format!("sluice_t_sweep_{}:", sluice::auth::keys::random_alnum(10));
+    let Some(a) = spawn_with(Db::Postgres, |c| {
+        c.redis_url = Some(proxy.url(&redis_url));
+        c.redis_prefix = prefix.clone();
+        c.redis_lease_ms = 600;
+        // Replicas share the key that encrypts channel keys.
+        c.secret_key = Some("sweep-test-secret".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let dsn = a.db.dsn.clone();
+    let b = spawn_with(Db::Postgres, |c| {
+        c.sql_dsn = dsn.clone();
+        c.redis_url = Some(redis_url.clone());
+        c.redis_prefix = prefix.clone();
+        c.redis_lease_ms = 600;
+        c.secret_key = Some("sweep-test-secret".into());
+    })
+    .await
+    .unwrap();
+    let mock = common::relay::mock().await;
+    a.mock_channel(&mock, "slow-3000", "gpt-slow", 0).await;
+    a.option("ModelRatio", r#"{"gpt-slow": 1}"#).await;
+    a.option("CompletionRatio", r#"{"gpt-slow": 1}"#).await;
+    let (u, tid, key) = a
+        .funded(
+            "alice",
+            1_000_000,
+            json!({"name": "k", "remain_quota": 100_000}),
+        )
+        .await;
+    let inflight = {
+        let (http, url, key) = (a.http.clone(), a.url("/v1/chat/completions"), key.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-slow", "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    eventually("the call to reach the upstream", || async {
+        mock.state.count("slow-3000") == 1
+    })
+    .await;
+    let mut conn = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let acct = format!("{prefix}bal:t:{tid}");
+    let field = |f: &'static str| {
+        let (mut conn, acct) = (conn.clone(), acct.clone());
+        async move {
+            let v: Option<i64> = redis::cmd("HGET")
+                .arg(&acct)
+                .arg(f)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v.unwrap_or(0)
+        }
+    };
+    assert!(field("pending").await > 0, "the call holds quota");
+    proxy.cut();
+    // B releases A's hold once A's lease has expired.
+    eventually("the cut-off replica's hold to be released", || async {
+        field("pending").await == 0
+    })
+    .await;
+    // The call still completes for its client; A queues its moves.
+    let text = inflight.await.unwrap();
+    assert!(text.contains("chat.completion"), "{text}");
+    proxy.restore();
+    a.flush().await;
+    let t = a.token_of(&u, tid).await;
+    assert_eq!(t["used_quota"], json!(30));
+    assert_eq!(t["remain_quota"], json!(100_000 - 30));
+    eventually("A's queued moves to be replayed", || async {
+        match &*a.server.as_ref().unwrap().state.bank {
+            sluice::billing::bank::QuotaBank::Redis(bk) => bk.pending_replays() == 0,
+            _ => true,
+        }
+    })
+    .await;
+    assert_eq!(field("pending").await, 0, "released twice, or not at all");
+    assert_eq!(field("db").await, 100_000 - 30);
+    // A holds again, under its new epoch, and B sees the same balance.
+    a.mock_channel(&mock, "ok", "gpt-ok", 0).await;
+    a.option("ModelRatio", r#"{"gpt-slow": 1, "gpt-ok": 1}"#)
+        .await;
+    eventually("A to serve again", || async {
+        a.chat(&key, "gpt-ok", 20).await.status == 200
+    })
+    .await;
+    eventually("B to see the new channel", || async {
+        b.chat(&key, "gpt-ok", 20).await.status == 200
+    })
+    .await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(proxy);
+    b.stop().await;
+    a.stop().await;
+}

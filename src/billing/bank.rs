@@ -91,11 +91,20 @@ pub struct LocalBank {
     pub sync: tokio::sync::Mutex<()>,
 }
 
-/// Per-account amounts the ledger writer committed: (id, generation, amount).
+/// What a reservation was made in, for the shared (Redis) bank: the
+/// account's generation and the replica's holder epoch. Always zero in the
+/// local bank.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Hold {
+    pub generation: u64,
+    pub epoch: u64,
+}
+
+/// Per-account amounts the ledger writer committed: (id, hold, amount).
 #[derive(Debug, Default)]
 pub struct Committed {
-    pub tokens: Vec<(i64, u64, i64)>,
-    pub users: Vec<(i64, u64, i64)>,
+    pub tokens: Vec<(i64, Hold, i64)>,
+    pub users: Vec<(i64, Hold, i64)>,
 }
 
 impl LocalBank {
@@ -264,8 +273,8 @@ pub enum Reservation {
 /// Quota held in Redis for one call.
 pub struct RedisReservation {
     bank: super::redis_bank::RedisBank,
-    token: Option<(i64, u64)>,
-    user: (i64, u64),
+    token: Option<(i64, Hold)>,
+    user: (i64, Hold),
     amount: i64,
     settled: bool,
 }
@@ -290,11 +299,11 @@ impl Drop for RedisReservation {
 }
 
 impl Reservation {
-    /// The accounts' generations (token, user); 0 in the local bank.
-    pub fn generations(&self) -> (u64, u64) {
+    /// The holds (token, user) it was made in; zero in the local bank.
+    pub fn holds(&self) -> (Hold, Hold) {
         match self {
-            Reservation::Local(_) => (0, 0),
-            Reservation::Redis(r) => (r.token.map(|t| t.1).unwrap_or(0), r.user.1),
+            Reservation::Local(_) => (Hold::default(), Hold::default()),
+            Reservation::Redis(r) => (r.token.map(|t| t.1).unwrap_or_default(), r.user.1),
         }
     }
 }
@@ -331,11 +340,11 @@ impl QuotaBank {
                 b.reserve(store, token, user, amount).await?,
             )),
             QuotaBank::Redis(b) => {
-                let (tg, ug) = b.reserve(store, token, user, amount).await?;
+                let (th, uh) = b.reserve(store, token, user, amount).await?;
                 Ok(Reservation::Redis(Box::new(RedisReservation {
                     bank: b.clone(),
-                    token: token.map(|t| (t, tg)),
-                    user: (user, ug),
+                    token: token.map(|t| (t, th)),
+                    user: (user, uh),
                     amount,
                     settled: false,
                 })))

@@ -14,17 +14,29 @@
 //! generation. Adjustments carrying an older generation touch `db` only, so a
 //! reseed can never leak or double a reservation; until the calls in flight at
 //! a reseed are flushed, the account may show up to their charges too much.
-//! Keys expire after an idle hour, so any drift (a replica killed between its
-//! database commit and its Redis update) is bounded in time.
+//!
+//! What each replica holds is written down, so a replica that dies cannot
+//! leave quota held for good: every replica keeps a lease (a key with a TTL
+//! it renews) and a `held` hash of what it added to `pending`, per account and
+//! generation. When a lease expires, another replica sweeps the dead one's
+//! hash: it takes its holds out of `pending` and leaves a tombstone, so late
+//! moves of the swept holder (it was only cut off, not dead) change nothing;
+//! such a replica moves on to a new epoch with a fresh hash.
+//!
+//! Moves Redis cannot take (it is unreachable) are queued and replayed when
+//! it is back. The one gap: a replica killed between its database commit and
+//! the matching Redis move leaves `db` too high by that batch until the
+//! account is next reseeded (keys expire after an idle hour).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::Script;
 use tokio_util::sync::CancellationToken;
 
-use super::bank::{BankError, Refusal};
+use super::bank::{BankError, Hold, Refusal};
 use crate::cache::redis::Redis;
 use crate::store::{Store, StoreError};
 
@@ -40,10 +52,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// KEYS: user, token (when ARGV[3] == '1'). ARGV: amount, ttl, has token.
-/// Returns {status, token gen, user gen}: 1 ok, -1 token short, -2 user
-/// short, -3 token missing, -4 user missing.
+/// KEYS: user, token, this holder's hash, its tombstone. ARGV: amount, ttl,
+/// has token ('1'). Returns {status, token gen, user gen}: 1 ok, -1 token
+/// short, -2 user short, -3 token missing, -4 user missing, -5 holder swept.
 const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-5, 0, 0} end
 local function acct(k)
   local v = redis.call('HMGET', k, 'db', 'pending', 'gen')
   if not v[1] then return nil end
@@ -61,36 +74,66 @@ if ARGV[3] == '1' and (ta < amount or ta <= 0) then return {-1, 0, 0} end
 if ua < amount or ua <= 0 then return {-2, 0, 0} end
 redis.call('HINCRBY', KEYS[1], 'pending', amount)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], KEYS[1] .. '|' .. ug, amount)
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[2], 'pending', amount)
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], KEYS[2] .. '|' .. tg, amount)
 end
 return {1, tg, ug}
 ";
 
-/// pending += ARGV[2] if the generation is still ARGV[1].
+/// KEYS: account, holder hash, holder tombstone. ARGV: gen, delta.
+/// pending += delta if the generation is still ARGV[1], unless the holder
+/// was swept (its holds were released already).
 const ADJUST: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local f = KEYS[1] .. '|' .. ARGV[1]
+if redis.call('HINCRBY', KEYS[2], f, ARGV[2]) == 0 then redis.call('HDEL', KEYS[2], f) end
 if tonumber(redis.call('HGET', KEYS[1], 'gen')) == tonumber(ARGV[1]) then
   redis.call('HINCRBY', KEYS[1], 'pending', ARGV[2])
 end
 return 1
 ";
 
-/// After a database commit of ARGV[2]: db -= it; pending -= it if the
-/// generation is still ARGV[1]. A replay (ARGV[3] == '1', Redis was away
-/// when the commit happened) of an older generation does nothing: that
-/// account was reseeded after the database commit, which it includes.
+/// KEYS: account, holder hash, holder tombstone. ARGV: gen, amount, replay.
+/// After a database commit of the amount: db -= it; pending -= it if the
+/// generation is still ARGV[1] and the holder was not swept. A replay
+/// (ARGV[3] == '1': Redis was away when the commit happened) of an older
+/// generation does nothing: that account was reseeded after the commit.
 const COMMIT: &str = r"
+local swept = redis.call('EXISTS', KEYS[3]) == 1
+if not swept then
+  local f = KEYS[1] .. '|' .. ARGV[1]
+  if redis.call('HINCRBY', KEYS[2], f, -tonumber(ARGV[2])) == 0 then redis.call('HDEL', KEYS[2], f) end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local same = tonumber(redis.call('HGET', KEYS[1], 'gen')) == tonumber(ARGV[1])
   if same or ARGV[3] ~= '1' then
     redis.call('HINCRBY', KEYS[1], 'db', -tonumber(ARGV[2]))
   end
-  if same then
+  if same and not swept then
     redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(ARGV[2]))
   end
 end
 return 1
+";
+
+/// KEYS: a holder's hash, its lease, its tombstone. Unless the lease is
+/// alive: releases every hold it lists from `pending`, deletes the hash,
+/// leaves the tombstone. Returns the holds released (-1: alive).
+const SWEEP: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  local k, g = string.match(h[i], '^(.*)|(%d+)$')
+  if k and tonumber(redis.call('HGET', k, 'gen')) == tonumber(g) then
+    redis.call('HINCRBY', k, 'pending', -tonumber(h[i + 1]))
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], 1, 'EX', 86400)
+return #h / 2
 ";
 
 /// An account's key.
@@ -110,16 +153,22 @@ struct Inner {
     reserve: Script,
     adjust: Script,
     commit: Script,
+    sweep: Script,
+    /// This replica's holder id.
+    holder: String,
+    /// Bumped when this holder finds itself swept.
+    epoch: AtomicU64,
+    lease: Duration,
     /// Moves Redis did not take (it was unreachable), replayed once it is
-    /// back; without them a reservation would stay held for good.
+    /// back; without them a reservation would stay held.
     redo: Mutex<VecDeque<Redo>>,
 }
 
 /// A balance move to replay.
 #[derive(Debug, Clone, Copy)]
 enum Redo {
-    Adjust(Acct, u64, i64),
-    Commit(Acct, u64, i64),
+    Adjust(Acct, Hold, i64),
+    Commit(Acct, Hold, i64),
     Forget(Acct),
 }
 
@@ -132,14 +181,18 @@ fn unavailable(e: redis::RedisError) -> BankError {
 }
 
 impl RedisBank {
-    /// A bank on `redis`.
-    pub fn new(redis: Redis) -> RedisBank {
+    /// A bank on `redis`; this replica's holds are leased for `lease`.
+    pub fn new(redis: Redis, lease: Duration) -> RedisBank {
         RedisBank(std::sync::Arc::new(Inner {
             redis,
             seed: Script::new(SEED),
             reserve: Script::new(RESERVE),
             adjust: Script::new(ADJUST),
             commit: Script::new(COMMIT),
+            sweep: Script::new(SWEEP),
+            holder: crate::auth::keys::random_alnum(12),
+            epoch: AtomicU64::new(0),
+            lease: lease.max(Duration::from_millis(500)),
             redo: Mutex::new(VecDeque::new()),
         }))
     }
@@ -149,6 +202,18 @@ impl RedisBank {
             Acct::Token(id) => self.0.redis.key(&format!("bal:t:{id}")),
             Acct::User(id) => self.0.redis.key(&format!("bal:u:{id}")),
         }
+    }
+
+    fn held_key(&self, holder: &str, epoch: u64) -> String {
+        self.0.redis.key(&format!("held:{holder}:{epoch}"))
+    }
+
+    fn tomb_key(&self, holder: &str, epoch: u64) -> String {
+        self.0.redis.key(&format!("swept:{holder}:{epoch}"))
+    }
+
+    fn lease_key(&self, holder: &str) -> String {
+        self.0.redis.key(&format!("lease:{holder}"))
     }
 
     async fn seed_from(&self, store: &Store, a: Acct) -> Result<(), BankError> {
@@ -194,22 +259,25 @@ impl RedisBank {
     }
 
     /// Holds `amount` on the token (if limited) and the user, atomically.
-    /// Returns the accounts' generations.
+    /// Returns the holds (token, user).
     pub async fn reserve(
         &self,
         store: &Store,
         token: Option<i64>,
         user: i64,
         amount: i64,
-    ) -> Result<(u64, u64), BankError> {
+    ) -> Result<(Hold, Hold), BankError> {
         let mut conn = self.0.redis.conn.clone();
         let tkey = token.map(|t| self.key(Acct::Token(t))).unwrap_or_default();
-        for _ in 0..3 {
+        for _ in 0..4 {
+            let epoch = self.0.epoch.load(Ordering::Acquire);
             let (status, tg, ug): (i64, u64, u64) = self
                 .0
                 .reserve
                 .key(self.key(Acct::User(user)))
                 .key(&tkey)
+                .key(self.held_key(&self.0.holder, epoch))
+                .key(self.tomb_key(&self.0.holder, epoch))
                 .arg(amount)
                 .arg(ACCOUNT_TTL_SECS)
                 .arg(if token.is_some() { "1" } else { "0" })
@@ -217,7 +285,18 @@ impl RedisBank {
                 .await
                 .map_err(unavailable)?;
             match status {
-                1 => return Ok((tg, ug)),
+                1 => {
+                    return Ok((
+                        Hold {
+                            generation: tg,
+                            epoch,
+                        },
+                        Hold {
+                            generation: ug,
+                            epoch,
+                        },
+                    ));
+                }
                 -1 => return Err(Refusal::Token.into()),
                 -2 => return Err(Refusal::User.into()),
                 -3 => {
@@ -225,7 +304,8 @@ impl RedisBank {
                         self.seed_from(store, Acct::Token(t)).await?;
                     }
                 }
-                _ => self.seed_from(store, Acct::User(user)).await?,
+                -4 => self.seed_from(store, Acct::User(user)).await?,
+                _ => self.next_epoch(epoch),
             }
         }
         Err(BankError::Unavailable(
@@ -233,24 +313,39 @@ impl RedisBank {
         ))
     }
 
-    /// `pending += delta` on an account of generation `gen`. If Redis cannot
-    /// take it now, it is replayed later.
-    pub async fn adjust(&self, a: Acct, gen_: u64, delta: i64) {
-        if delta != 0 && self.run(Redo::Adjust(a, gen_, delta), false).await.is_err() {
-            self.later(Redo::Adjust(a, gen_, delta));
+    /// This holder was swept in `seen`: hold under a fresh epoch from now on.
+    fn next_epoch(&self, seen: u64) {
+        if self
+            .0
+            .epoch
+            .compare_exchange(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!(
+                epoch = seen + 1,
+                "this replica's lease had expired and its holds were released; holding under a new epoch"
+            );
         }
     }
 
-    /// After the ledger committed `amount` for an account of generation
-    /// `gen`. If Redis cannot take it now, it is replayed later.
-    pub async fn committed(&self, a: Acct, gen_: u64, amount: i64) {
+    /// `pending += delta` for a hold. If Redis cannot take it now, it is
+    /// replayed later.
+    pub async fn adjust(&self, a: Acct, hold: Hold, delta: i64) {
+        if delta != 0 && self.run(Redo::Adjust(a, hold, delta), false).await.is_err() {
+            self.later(Redo::Adjust(a, hold, delta));
+        }
+    }
+
+    /// After the ledger committed `amount` for a hold. If Redis cannot take
+    /// it now, it is replayed later.
+    pub async fn committed(&self, a: Acct, hold: Hold, amount: i64) {
         if amount != 0
             && self
-                .run(Redo::Commit(a, gen_, amount), false)
+                .run(Redo::Commit(a, hold, amount), false)
                 .await
                 .is_err()
         {
-            self.later(Redo::Commit(a, gen_, amount));
+            self.later(Redo::Commit(a, hold, amount));
         }
     }
 
@@ -265,21 +360,26 @@ impl RedisBank {
 
     async fn run(&self, op: Redo, replay: bool) -> Result<(), BankError> {
         let mut conn = self.0.redis.conn.clone();
+        let holder = &self.0.holder;
         let res = match op {
-            Redo::Adjust(a, g, delta) => {
+            Redo::Adjust(a, h, delta) => {
                 self.0
                     .adjust
                     .key(self.key(a))
-                    .arg(g)
+                    .key(self.held_key(holder, h.epoch))
+                    .key(self.tomb_key(holder, h.epoch))
+                    .arg(h.generation)
                     .arg(delta)
                     .invoke_async::<i64>(&mut conn)
                     .await
             }
-            Redo::Commit(a, g, amount) => {
+            Redo::Commit(a, h, amount) => {
                 self.0
                     .commit
                     .key(self.key(a))
-                    .arg(g)
+                    .key(self.held_key(holder, h.epoch))
+                    .key(self.tomb_key(holder, h.epoch))
+                    .arg(h.generation)
                     .arg(amount)
                     .arg(if replay { "1" } else { "0" })
                     .invoke_async::<i64>(&mut conn)
@@ -328,20 +428,109 @@ impl RedisBank {
         }
     }
 
-    /// Replays queued moves every 200 ms until `stop`.
-    pub async fn heal(self, stop: CancellationToken) {
+    /// Renews this replica's lease; moves to a new epoch if it was swept.
+    pub async fn renew(&self) -> Result<(), BankError> {
+        let mut conn = self.0.redis.conn.clone();
+        let epoch = self.0.epoch.load(Ordering::Acquire);
+        let (_, swept): ((), bool) = redis::pipe()
+            .cmd("SET")
+            .arg(self.lease_key(&self.0.holder))
+            .arg(epoch)
+            .arg("PX")
+            .arg(self.0.lease.as_millis() as u64)
+            .cmd("EXISTS")
+            .arg(self.tomb_key(&self.0.holder, epoch))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if swept {
+            self.next_epoch(epoch);
+        }
+        Ok(())
+    }
+
+    /// Releases the holds of every holder whose lease expired. Returns how
+    /// many holds were released.
+    pub async fn sweep(&self) -> Result<i64, BankError> {
+        let mut conn = self.0.redis.conn.clone();
+        let pattern = self.0.redis.key("held:*");
+        let prefix = self.0.redis.key("held:");
+        let mut cursor: u64 = 0;
+        let mut released = 0;
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for k in keys {
+                let Some((holder, epoch)) = k
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .and_then(|(h, e)| Some((h.to_string(), e.parse::<u64>().ok()?)))
+                else {
+                    continue;
+                };
+                if holder == self.0.holder {
+                    continue;
+                }
+                let n: i64 = self
+                    .0
+                    .sweep
+                    .key(&k)
+                    .key(self.lease_key(&holder))
+                    .key(self.tomb_key(&holder, epoch))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                if n >= 0 {
+                    tracing::warn!(
+                        holder,
+                        holds = n,
+                        "released the holds of a replica whose lease expired"
+                    );
+                    released += n;
+                }
+            }
+            if next == 0 {
+                return Ok(released);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Until `stop`: renews the lease, replays queued moves, and now and
+    /// then sweeps the holds of replicas that died.
+    pub async fn heal(self, stop: CancellationToken) {
+        let tick = (self.0.lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut n: u64 = 0;
+        loop {
+            if let Err(e) = self.renew().await {
+                tracing::debug!(error = %e, "lease not renewed");
             }
             if self.pending_replays() > 0 && self.replay().await {
                 tracing::info!("redis back: queued balance moves replayed");
             }
+            if n.is_multiple_of(3)
+                && let Err(e) = self.sweep().await
+            {
+                tracing::debug!(error = %e, "sweep failed");
+            }
+            n += 1;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
         }
     }
 
-    /// At shutdown: tries for up to `patience` to replay what is queued.
+    /// At shutdown: replays what is queued (trying for up to `patience`),
+    /// then gives up the lease. Holds still listed (none after a clean
+    /// drain) are released by the next sweep of another replica.
     pub async fn drain(&self, patience: Duration) {
         let until = tokio::time::Instant::now() + patience;
         while !self.replay().await {
@@ -354,5 +543,18 @@ impl RedisBank {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let mut conn = self.0.redis.conn.clone();
+        let epoch = self.0.epoch.load(Ordering::Acquire);
+        let held = self.held_key(&self.0.holder, epoch);
+        let left: redis::RedisResult<i64> =
+            redis::cmd("HLEN").arg(&held).query_async(&mut conn).await;
+        if let Ok(0) = left {
+            let _: redis::RedisResult<i64> =
+                redis::cmd("DEL").arg(&held).query_async(&mut conn).await;
+        }
+        let _: redis::RedisResult<i64> = redis::cmd("DEL")
+            .arg(self.lease_key(&self.0.holder))
+            .query_async(&mut conn)
+            .await;
     }
 }

@@ -69,17 +69,41 @@ pub async fn changed(state: &AppState, c: Change) {
         tracing::warn!(error = %e, "could not reload a balance after a change");
     }
     if let Some(r) = &state.redis {
-        let mut conn = r.conn.clone();
-        let res: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(r.key("changes"))
-            .arg(c.encode())
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "could not publish a change; other replicas rely on cache TTLs");
+        let msg = c.encode();
+        if publish(r, &msg).await.is_err() {
+            // Redis is away: keep trying for a while (other replicas resync
+            // when their own subscription comes back, and reload every
+            // RESYNC_EVERY anyway).
+            let r = r.clone();
+            state.tracker.spawn(async move {
+                let mut delay = Duration::from_millis(100);
+                for _ in 0..20 {
+                    tokio::time::sleep(delay).await;
+                    if publish(&r, &msg).await.is_ok() {
+                        return;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                tracing::warn!(
+                    "could not publish a change; other replicas rely on cache TTLs and resyncs"
+                );
+            });
         }
     }
 }
+
+async fn publish(r: &crate::cache::redis::Redis, msg: &str) -> redis::RedisResult<i64> {
+    let mut conn = r.conn.clone();
+    redis::cmd("PUBLISH")
+        .arg(r.key("changes"))
+        .arg(msg)
+        .query_async(&mut conn)
+        .await
+}
+
+/// How often a replica with Redis reloads channels and options regardless
+/// of messages: the bound on staleness should a message be lost.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// Makes this replica obey a change.
 async fn apply(state: &AppState, c: &Change) {
@@ -133,9 +157,15 @@ pub async fn subscribe(state: SharedState, stop: CancellationToken) {
                     }
                     first = false;
                     let mut msgs = ps.on_message();
+                    let mut resync_tick = tokio::time::interval(RESYNC_EVERY);
+                    resync_tick.tick().await;
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
+                            _ = resync_tick.tick() => {
+                                reload_routing(&state).await;
+                                reload_options(&state).await;
+                            }
                             m = msgs.next() => match m {
                                 Some(m) => {
                                     if let Ok(text) = m.get_payload::<String>()

@@ -40,6 +40,10 @@ pub struct Config {
     /// Prefix of every Redis key and channel this deployment uses.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "sluice:")]
     pub redis_prefix: String,
+    /// How long a replica's quota holds outlive it in Redis if it dies
+    /// without a clean stop, milliseconds (then another replica releases them).
+    #[arg(long, env = "REDIS_LEASE_MS", default_value_t = 30_000)]
+    pub redis_lease_ms: u64,
     /// Key for signing session cookies; derived from the secret key when unset.
     #[arg(long, env = "SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
@@ -93,6 +97,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             redis_url: None,
             redis_prefix: "sluice:".into(),
+            redis_lease_ms: 30_000,
             session_secret: None,
             secret_key: None,
             initial_root_password: None,

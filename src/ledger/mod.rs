@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::billing::bank::{Committed, QuotaBank};
+use crate::billing::bank::{Committed, Hold, QuotaBank};
 use crate::store::{NewLog, Store, StoreError};
 
 /// A settled call: its row and who pays.
@@ -35,9 +35,9 @@ pub struct Charge {
     pub user_id: i64,
     pub channel_id: i64,
     pub quota: i64,
-    /// Balance generations the reservation was made under (Redis bank).
-    pub token_gen: u64,
-    pub user_gen: u64,
+    /// What the reservation was made in (Redis bank).
+    pub token_hold: Hold,
+    pub user_hold: Hold,
 }
 
 /// What the writer is asked to do.
@@ -237,16 +237,16 @@ async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), 
     let mut channels: HashMap<i64, Sums> = HashMap::new();
     let mut statuses: Vec<(i64, i64)> = Vec::new();
     // What the bank must move afterwards, per account and generation.
-    let mut bal_tokens: HashMap<(i64, u64), i64> = HashMap::new();
-    let mut bal_users: HashMap<(i64, u64), i64> = HashMap::new();
+    let mut bal_tokens: HashMap<(i64, Hold), i64> = HashMap::new();
+    let mut bal_users: HashMap<(i64, Hold), i64> = HashMap::new();
     for e in batch {
         match e {
             Entry::Charge(c) => {
                 logs.push(&c.log);
                 if c.token_limited {
-                    *bal_tokens.entry((c.token_id, c.token_gen)).or_default() += c.quota;
+                    *bal_tokens.entry((c.token_id, c.token_hold)).or_default() += c.quota;
                 }
-                *bal_users.entry((c.user_id, c.user_gen)).or_default() += c.quota;
+                *bal_users.entry((c.user_id, c.user_hold)).or_default() += c.quota;
                 let t = tokens.entry(c.token_id).or_default();
                 t.quota += c.quota;
                 if c.token_limited {

@@ -133,7 +133,7 @@ impl Tab {
         let reservation = self.reservation.take()?;
         let qpu = self.state.options().quota_per_unit;
         let quota = self.price.cost(&usage, qpu);
-        let (token_gen, user_gen) = reservation.generations();
+        let (token_hold, user_hold) = reservation.holds();
         if let Err(e) = self.state.bank.settle(reservation, quota).await {
             // The charge is still recorded; the shared balance catches up when
             // the account is next reseeded.
@@ -226,8 +226,8 @@ impl Tab {
             user_id: self.user_id,
             channel_id: self.channel_id,
             quota,
-            token_gen,
-            user_gen,
+            token_hold,
+            user_hold,
         })))
     }
 

@@ -48,6 +48,16 @@ impl Replica {
         self.child.wait().await.unwrap().success()
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn send_term(&self) {
+        signal(&self.child, "TERM");
+    }
+
+    /// Waits for the process to exit; returns whether it succeeded.
+    pub async fn exited(&mut self) -> bool {
+        self.child.wait().await.unwrap().success()
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub async fn kill(&mut self) {
         signal(&self.child, "KILL");
@@ -77,12 +87,15 @@ fn signal(child: &Child, sig: &str) {
 /// Replicas sharing one database and one Redis prefix.
 pub struct Cluster {
     pub db: TestDb,
+    /// Empty when the replicas run without Redis.
     pub redis_url: String,
     pub prefix: String,
     pub replicas: Vec<Replica>,
     /// Extra environment for replicas started from now on.
     pub env: Vec<(String, String)>,
     dirs: Vec<tempfile::TempDir>,
+    /// The data directory of a SQLite deployment (one replica at a time).
+    sqlite_dir: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -99,24 +112,44 @@ impl Cluster {
             replicas: Vec::new(),
             env: Vec::new(),
             dirs: Vec::new(),
+            sqlite_dir: None,
+        })
+    }
+
+    /// One process at a time on `kind` without Redis (SQLite: a data
+    /// directory that outlives each process), or `None` to skip.
+    pub async fn alone(kind: Db) -> Option<Cluster> {
+        let db = TestDb::create(kind).await?;
+        Some(Cluster {
+            db,
+            redis_url: String::new(),
+            prefix: format!("sluice_t_{}:", unique_suffix()),
+            replicas: Vec::new(),
+            env: Vec::new(),
+            dirs: Vec::new(),
+            sqlite_dir: (kind == Db::Sqlite).then(|| tempfile::tempdir().unwrap()),
         })
     }
 
     /// Starts one more replica and waits until it listens. Returns its index.
     pub async fn start(&mut self) -> usize {
         let dir = tempfile::tempdir().unwrap();
+        let data_dir = match &self.sqlite_dir {
+            Some(d) => d.path().to_path_buf(),
+            None => dir.path().to_path_buf(),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("NO_COLOR", "1")
             .env("PORT", "0")
             .env("BIND_ADDR", "127.0.0.1")
-            .env("SQL_DSN", self.db.dsn.as_deref().unwrap())
+            .env("SQL_DSN", self.db.dsn.as_deref().unwrap_or(""))
             .env("SQL_MAX_CONNECTIONS", "8")
             .env("REDIS_CONN_STRING", &self.redis_url)
             .env("REDIS_KEY_PREFIX", &self.prefix)
             .env("SLUICE_SECRET_KEY", SECRET_KEY)
-            .env("SLUICE_DATA_DIR", dir.path())
+            .env("SLUICE_DATA_DIR", data_dir)
             .env("INITIAL_ROOT_PASSWORD", ROOT_PASSWORD)
             .env("INITIAL_ROOT_ACCESS_TOKEN", ROOT_TOKEN)
             .env("LOG_LEVEL", "info");
@@ -200,9 +233,12 @@ impl Cluster {
 
     /// A store on the cluster's database, for checks after the replicas stop.
     pub async fn store(&self) -> sluice::store::Store {
-        sluice::store::Store::connect(self.db.dsn.as_deref().unwrap(), 2)
-            .await
-            .unwrap()
+        let url = match (&self.db.dsn, &self.sqlite_dir) {
+            (Some(dsn), _) => dsn.clone(),
+            (None, Some(d)) => format!("sqlite://{}", d.path().join("sluice.db").display()),
+            (None, None) => panic!("no database"),
+        };
+        sluice::store::Store::connect(&url, 2).await.unwrap()
     }
 
     /// A Redis connection.
@@ -218,6 +254,10 @@ impl Cluster {
     pub async fn finish(mut self) {
         for r in &mut self.replicas {
             r.kill().await;
+        }
+        if self.redis_url.is_empty() {
+            self.db.drop_db().await;
+            return;
         }
         let mut conn = self.redis().await;
         let keys: Vec<String> = redis::cmd("KEYS")
