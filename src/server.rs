@@ -260,6 +260,7 @@ async fn wrong_method(
 /// The full router with its layers.
 pub fn app(state: SharedState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let body_timeout_ms = state.config.client_body_timeout_ms;
     let header = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
         .merge(crate::api::router())
@@ -268,6 +269,9 @@ pub fn app(state: SharedState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
+            std::time::Duration::from_millis(body_timeout_ms.max(1)),
+        ))
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(SetRequestIdLayer::new(header, RequestIds::new()))
 }
@@ -301,6 +305,112 @@ impl RunningServer {
     }
 }
 
+/// Per-connection limits against slow or oversized clients.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// Time a client has to send a request's headers (also an idle
+    /// keep-alive connection's limit before its next request).
+    header_timeout: std::time::Duration,
+    /// Largest request head (request line and headers).
+    max_header_bytes: usize,
+}
+
+impl From<&Config> for ConnLimits {
+    fn from(c: &Config) -> Self {
+        ConnLimits {
+            header_timeout: std::time::Duration::from_millis(c.client_header_timeout_ms.max(1)),
+            max_header_bytes: c.max_header_bytes.max(8192),
+        }
+    }
+}
+
+/// Accepts connections until `stop`, then lets every request in flight
+/// finish (idle connections are closed) before returning.
+///
+/// Written out rather than `axum::serve` for the limits axum does not
+/// expose: a header read timeout (slow clients cannot hold connections
+/// open forever) and the size of request heads.
+async fn serve(listener: TcpListener, app: Router, limits: ConnLimits, stop: CancellationToken) {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small writes (stream events) must leave at once: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let builder = builder.clone();
+        let graceful_watch = graceful.watcher();
+        tokio::spawn(async move {
+            // hyper's header timeout starts once the protocol is known; a
+            // client that connects and says nothing must not wait forever.
+            if !first_bytes_within(&tcp, limits.header_timeout).await {
+                return;
+            }
+            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                .into_owned();
+            if let Err(e) = graceful_watch.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Waits until the client has sent enough to tell its protocol (its first
+/// bytes, or the whole HTTP/2 preface if it starts like one), at most `limit`.
+/// False if it closed or stayed silent.
+async fn first_bytes_within(tcp: &tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let sniff = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = tcp.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return true;
+            }
+            // A partial HTTP/2 preface: wait for the rest.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
+}
+
 /// Binds and serves in a background task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = SocketAddr::new(config.bind, config.port);
@@ -311,17 +421,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let app = app(state.clone());
     let stop = shutdown.clone();
     let st = state.clone();
-    // Small writes (stream events) must leave at once: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let limits = ConnLimits::from(&state.config);
     let handle = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        serve(listener, app, limits, stop).await;
         // In-flight requests are done; let background work (settlements of
         // dropped streams, channel updates) queue its rows, then drain the
         // ledger, then close the database.

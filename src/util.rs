@@ -55,6 +55,19 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether an error (or one of its causes) is a request body that did not
+/// arrive in time (`CLIENT_BODY_TIMEOUT_MS`).
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

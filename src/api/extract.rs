@@ -199,6 +199,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge("request body is too large".into())
+            } else if crate::util::is_body_timeout(&e) {
+                ApiError::Timeout("the request body was not received in time".into())
             } else {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))
             }

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Body over the size limit: HTTP 413.
     #[error("{0}")]
     TooLarge(String),
+    /// The body did not arrive in time: HTTP 408.
+    #[error("{0}")]
+    Timeout(String),
     /// Throttled: HTTP 429.
     #[error("{0}")]
     TooManyRequests(String),
@@ -83,6 +86,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            ApiError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "management request failed");
                 (

@@ -67,6 +67,16 @@ pub struct Config {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers, milliseconds (also how
+    /// long an idle keep-alive connection stays open).
+    #[arg(long, env = "CLIENT_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_header_timeout_ms: u64,
+    /// Time a client has to send a request's body, milliseconds.
+    #[arg(long, env = "CLIENT_BODY_TIMEOUT_MS", default_value_t = 60_000)]
+    pub client_body_timeout_ms: u64,
+    /// Largest request head (request line plus headers) in bytes.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
     /// Size of the database connection pool.
     #[arg(long, env = "SQL_MAX_CONNECTIONS", default_value_t = 16)]
     pub sql_max_connections: u32,
@@ -105,6 +115,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             log_level: "info".into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            client_header_timeout_ms: 30_000,
+            client_body_timeout_ms: 60_000,
+            max_header_bytes: 65_536,
             sql_max_connections: 16,
             upstream_connect_timeout_ms: 10_000,
             upstream_first_byte_timeout_ms: 300_000,

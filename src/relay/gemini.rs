@@ -58,6 +58,9 @@ async fn dispatch(
     }
 }
 
+/// Most candidates one call may ask for (Gemini's own limit).
+pub const MAX_CANDIDATES: i64 = 8;
+
 fn read_head(body: &[u8], model: String, stream: bool) -> Result<Head, RelayError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;
@@ -67,17 +70,23 @@ fn read_head(body: &[u8], model: String, stream: bool) -> Result<Head, RelayErro
     let cfg = v
         .get("generationConfig")
         .or_else(|| v.get("generation_config"));
-    let max = cfg
-        .and_then(|c| {
-            c.get("maxOutputTokens")
-                .or_else(|| c.get("max_output_tokens"))
-        })
-        .and_then(Value::as_i64);
-    let n = cfg
-        .and_then(|c| c.get("candidateCount").or_else(|| c.get("candidate_count")))
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
-        .clamp(1, 8);
+    // An integer field of generationConfig (either spelling); present but
+    // not an integer is an error, not a default.
+    let int = |camel: &str, snake: &str| -> Result<Option<i64>, RelayError> {
+        match cfg.and_then(|c| c.get(camel).or_else(|| c.get(snake))) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                errors::bad_request(format!("generationConfig.{camel} must be an integer"))
+            }),
+        }
+    };
+    let max = int("maxOutputTokens", "max_output_tokens")?;
+    let n = int("candidateCount", "candidate_count")?.unwrap_or(1);
+    if !(1..=MAX_CANDIDATES).contains(&n) {
+        return Err(errors::bad_request(format!(
+            "generationConfig.candidateCount must be between 1 and {MAX_CANDIDATES}"
+        )));
+    }
     Ok(Head {
         model,
         stream,

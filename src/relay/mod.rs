@@ -115,10 +115,16 @@ pub fn required_model(m: Option<&str>) -> Result<String, RelayError> {
         .ok_or_else(|| errors::bad_request("model is required"))
 }
 
-/// An output cap must be positive when given.
+/// Largest output cap a call may ask for: no model writes more, and a larger
+/// figure is a mistake (or an attempt to make the reservation overflow).
+pub const MAX_OUTPUT_TOKENS: i64 = 100_000_000;
+
+/// An output cap must be positive and sane when given.
 pub fn positive_max(m: Option<i64>) -> Result<Option<i64>, RelayError> {
     match m {
-        Some(m) if m < 1 => Err(errors::bad_request("max_tokens must be a positive integer")),
+        Some(m) if !(1..=MAX_OUTPUT_TOKENS).contains(&m) => Err(errors::bad_request(format!(
+            "max_tokens must be an integer from 1 to {MAX_OUTPUT_TOKENS}"
+        ))),
         other => Ok(other),
     }
 }
@@ -182,6 +188,11 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
                 "request_too_large",
                 format!("request body exceeds {limit} bytes"),
             )
+        } else if crate::util::is_body_timeout(&e) {
+            let mut err = errors::bad_request("the request body was not received in time");
+            err.code = "request_timeout";
+            err.status = Some(axum::http::StatusCode::REQUEST_TIMEOUT);
+            err
         } else {
             errors::bad_request(format!("could not read the request body: {e}"))
         }
