@@ -19,7 +19,7 @@
 //! | `stall-<ms>` | streams one event, then is silent for `<ms>` |
 //! | `no-usage` | never reports usage |
 //! | `stream-error` | streams the first events, then the provider's mid-stream error event |
-//! | `bad-key` | the provider's own answer to an invalid key (Gemini: 400 `API_KEY_INVALID`) |
+//! | `bad-key`, `bad-key-…` | the provider's own answer to an invalid key, quoting it as OpenAI does (Gemini: 400 `API_KEY_INVALID`) |
 //!
 //! Failures use each provider's own error body and error type for the status
 //! (OpenAI `{"error":{message,type,code}}`, Anthropic
@@ -158,7 +158,7 @@ enum Behaviour {
     Stall(Duration),
     NoUsage,
     StreamError,
-    BadKey,
+    BadKey(String),
 }
 
 fn behaviour(key: &str) -> Behaviour {
@@ -184,7 +184,7 @@ fn behaviour(key: &str) -> Behaviour {
         "truncate" => Behaviour::Truncate,
         "no-usage" => Behaviour::NoUsage,
         "stream-error" => Behaviour::StreamError,
-        "bad-key" => Behaviour::BadKey,
+        k if k == "bad-key" || k.starts_with("bad-key-") => Behaviour::BadKey(k.to_string()),
         _ => Behaviour::Normal,
     }
 }
@@ -217,11 +217,11 @@ fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
 async fn pre(b: &Behaviour) -> Option<Response> {
     match b {
         Behaviour::Fail(s) => Some(openai_error(*s, "mock_failure", "mock failure")),
-        Behaviour::BadKey => Some(
+        Behaviour::BadKey(key) => Some(
             (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(
-                    json!({"error": {"message": "Incorrect API key provided: bad-key.",
+                    json!({"error": {"message": format!("Incorrect API key provided: {key}."),
                     "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
                 ),
             )
@@ -569,7 +569,7 @@ async fn pre_anthropic(b: &Behaviour) -> Option<Response> {
     };
     match b {
         Behaviour::Fail(s) => Some(err(*s, anthropic_error_type(s.as_u16()))),
-        Behaviour::BadKey => Some(
+        Behaviour::BadKey(_) => Some(
             (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(json!({"type": "error",
@@ -619,7 +619,7 @@ async fn gemini_call(
     match &b {
         Behaviour::Fail(s) => return gerr(*s),
         Behaviour::InsufficientQuota => return gerr(StatusCode::TOO_MANY_REQUESTS),
-        Behaviour::BadKey => {
+        Behaviour::BadKey(_) => {
             // Gemini answers a bad key with 400, not 401.
             let msg = "API key not valid. Please pass a valid API key.";
             return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"code": 400, "message": msg,

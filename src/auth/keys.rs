@@ -71,9 +71,58 @@ pub fn parse_api_key(raw: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// `text` with every one of `secrets` (8 characters or more) and every
+/// `sk-…` key-shaped word masked, for messages that leave the process.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), &mask(s));
+        }
+    }
+    // Key-shaped words: `sk-` followed by 16 or more key characters.
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("sk-") {
+        let boundary = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_key_char(c));
+        let word_len = rest[i..]
+            .find(|c: char| !is_key_char(c))
+            .unwrap_or(rest.len() - i);
+        masked.push_str(&rest[..i]);
+        let word = &rest[i..i + word_len];
+        if boundary && word_len >= 3 + 16 {
+            masked.push_str(&mask(word));
+        } else {
+            masked.push_str(word);
+        }
+        rest = &rest[i + word_len.max(3)..];
+    }
+    masked.push_str(rest);
+    masked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_masks_known_secrets_and_key_shaped_words() {
+        let ch = vec!["channel-secret-123".to_string(), "short".to_string()];
+        let r = redact(
+            "Incorrect API key provided: channel-secret-123. Also sk-abcdefghijklmnopqrstu and sk-x; short stays; task-sk-notakey1234567890",
+            &ch,
+        );
+        assert!(!r.contains("channel-secret-123"), "{r}");
+        assert!(!r.contains("sk-abcdefghijklmnopqrstu"), "{r}");
+        assert!(r.contains("sk-x;"), "{r}");
+        assert!(r.contains("short stays"), "{r}");
+        assert!(r.contains("task-sk-notakey1234567890"), "{r}");
+        assert_eq!(redact("no secrets here", &ch), "no secrets here");
+    }
 
     #[test]
     fn keys_are_48_alphanumerics_and_distinct() {

@@ -161,7 +161,7 @@ async fn attempt(
         {
             status = StatusCode::UNAUTHORIZED;
         }
-        let err = upstream_error(status, &body);
+        let err = upstream_error(status, &body, ch);
         maybe_auto_disable(state, ch, status, &body);
         return if retryable(status) {
             Err((err, tab))
@@ -277,10 +277,13 @@ fn upstream_message(body: &[u8]) -> Option<String> {
     })
 }
 
-/// Maps an upstream failure to what the client sees.
-fn upstream_error(status: StatusCode, body: &[u8]) -> RelayError {
+/// Maps an upstream failure to what the client sees. Upstreams quote the
+/// key they were given in some errors ("Incorrect API key provided: …"):
+/// the channel's keys, and anything shaped like a key, are masked first.
+fn upstream_error(status: StatusCode, body: &[u8], ch: &ChannelRt) -> RelayError {
     let detail = upstream_message(body)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    let detail = crate::auth::keys::redact(&detail, &ch.keys);
     let msg = format!("upstream error {}: {detail}", status.as_u16());
     match status.as_u16() {
         429 => {
