@@ -375,6 +375,9 @@ async fn serve(listener: TcpListener, app: Router, limits: ConnLimits, stop: Can
             }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                // Request ids are ours (they key the ledger): a client's own
+                // is dropped, not adopted.
+                req.headers_mut().remove(REQUEST_ID_HEADER);
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let conn = builder

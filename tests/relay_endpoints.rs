@@ -131,6 +131,22 @@ async fn models_lists_only_what_the_key_may_use() {
         ids(&ts.relay_get(&limited, "/v1/models").await.json()),
         vec!["gpt-4o-mini"]
     );
+    // Retrieve one (OpenAI's `models.retrieve`): only what the key may use.
+    let r = ts.relay_get(&limited, "/v1/models/gpt-4o-mini").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["id"], json!("gpt-4o-mini"));
+    assert_eq!(r.json()["object"], json!("model"));
+    for (k, m) in [
+        (&limited, "gpt-4o"),
+        (&key, "o3"),
+        (&key, "o1"),
+        (&key, "nope"),
+    ] {
+        let r = ts.relay_get(k, &format!("/v1/models/{m}")).await;
+        assert_error(&r, 404, "invalid_request_error", "model_not_found");
+    }
+    let r = ts.relay_get("sk-nobody", "/v1/models/gpt-4o").await;
+    assert_eq!(r.status, 401);
     assert_eq!(
         mock.state.hits.load(std::sync::atomic::Ordering::Relaxed),
         0
@@ -212,4 +228,47 @@ async fn grant(ts: &common::TestServer, key: &str) -> f64 {
         .json()["hard_limit_usd"]
         .as_f64()
         .unwrap()
+}
+
+/// Request ids are sluice's own: a client's `x-request-id` is not adopted
+/// (it would let clients choose or repeat ledger ids).
+#[tokio::test]
+async fn request_ids_are_never_taken_from_the_client() {
+    let ts = spawn().await;
+    let mock = common::relay::mock().await;
+    ts.mock_channel(&mock, "ok", "gpt-4o", 0).await;
+    let (u, _, key) = ts
+        .funded(
+            "alice",
+            1_000_000,
+            json!({"name": "k", "remain_quota": 100_000}),
+        )
+        .await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = ts
+            .relay_with(
+                &key,
+                "/v1/chat/completions",
+                body.clone(),
+                &[("x-request-id", "forged-id")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+        assert_ne!(id, "forged-id");
+        seen.push(id);
+    }
+    assert_ne!(seen[0], seen[1]);
+    ts.flush().await;
+    let rows = ts.all_logs(&u, "/api/log/self?type=2").await;
+    let mut logged: Vec<String> = rows
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    logged.sort();
+    seen.sort();
+    assert_eq!(logged, seen);
+    ts.stop().await;
 }

@@ -18,7 +18,11 @@ use crate::state::SharedState;
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/v1beta/models/{model_action}", post(dispatch))
-        .route("/v1/models/{model_action}", post(dispatch))
+        // GET is OpenAI's model retrieve, which shares the path.
+        .route(
+            "/v1/models/{model_action}",
+            post(dispatch).get(super::openai::retrieve_model),
+        )
 }
 
 /// `models/{model}:{action}`: the model and the method share one segment.

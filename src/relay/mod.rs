@@ -109,10 +109,11 @@ pub async fn serve(
 
 /// The `model` field, required and non-blank.
 pub fn required_model(m: Option<&str>) -> Result<String, RelayError> {
-    m.map(str::trim)
-        .filter(|m| !m.is_empty() && m.len() <= 256)
-        .map(String::from)
-        .ok_or_else(|| errors::bad_request("model is required"))
+    match m.map(str::trim) {
+        None | Some("") => Err(errors::bad_request("model is required")),
+        Some(m) if m.len() > 256 => Err(errors::bad_request("model must be at most 256 bytes")),
+        Some(m) => Ok(m.to_string()),
+    }
 }
 
 /// Largest output cap a call may ask for: no model writes more, and a larger

@@ -106,12 +106,48 @@ fn read_head(body: &[u8], ep: Endpoint) -> Result<Head, RelayError> {
 async fn models(State(state): State<SharedState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let rid = request_id(&parts);
-    let caller = match gate::admit(&state, &parts).await {
-        Ok(c) => c,
-        Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
-    };
+    match callable_models(&state, &parts).await {
+        Ok(list) => {
+            let data: Vec<_> = list.into_iter().map(model_object).collect();
+            axum::Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => e.into_dialect(Dialect::OpenAi, &rid),
+    }
+}
+
+/// `GET /v1/models/{model}` (OpenAI's retrieve): the model if this key may
+/// call it, 404 otherwise.
+pub async fn retrieve_model(
+    State(state): State<SharedState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    let rid = request_id(&parts);
+    match callable_models(&state, &parts).await {
+        Ok(list) if list.contains(&model) => axum::Json(model_object(model)).into_response(),
+        Ok(_) => RelayError::new(
+            super::error::Kind::NotFound,
+            "model_not_found",
+            format!("the model '{model}' does not exist or this key may not use it"),
+        )
+        .into_dialect(Dialect::OpenAi, &rid),
+        Err(e) => e.into_dialect(Dialect::OpenAi, &rid),
+    }
+}
+
+fn model_object(id: String) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"})
+}
+
+/// Models the key's group is served and its whitelist allows.
+async fn callable_models(
+    state: &SharedState,
+    parts: &axum::http::request::Parts,
+) -> Result<Vec<String>, RelayError> {
+    let caller = gate::admit(state, parts).await?;
     let snap = state.routing.load();
-    let data: Vec<_> = snap
+    Ok(snap
         .models_for([caller.group.as_str()])
         .into_iter()
         .filter(|m| {
@@ -121,9 +157,7 @@ async fn models(State(state): State<SharedState>, req: Request) -> Response {
                 .as_ref()
                 .is_none_or(|allowed| allowed.contains(m))
         })
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "sluice"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+        .collect())
 }
 
 /// Quota shown in USD as the legacy dashboard expects (unlimited: a large
