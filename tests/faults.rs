@@ -435,3 +435,59 @@ async fn a_replica_cut_off_past_its_lease_is_swept_once() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Per-phase timeouts, the idle phase: an upstream that goes silent in the
+/// middle of a stream for longer than `UPSTREAM_IDLE_TIMEOUT_MS` is cut. The
+/// client gets what was produced and an error event (no `[DONE]`), and pays
+/// for what it received, counted locally. (Connect and first-byte timeouts:
+/// `relay_routing.rs`, `failover_on_429_connect_error_and_timeout`.)
+#[tokio::test]
+async fn an_upstream_silent_mid_stream_is_cut_at_the_idle_timeout() {
+    let ts = spawn_with(Db::Sqlite, |c| c.upstream_idle_timeout_ms = 300)
+        .await
+        .unwrap();
+    let mock = common::relay::mock().await;
+    ts.mock_channel(&mock, "stall-10000", "m-stall", 0).await;
+    ts.option("ModelRatio", r#"{"m-stall": 1}"#).await;
+    ts.option("CompletionRatio", r#"{"m-stall": 1}"#).await;
+    let (u, tid, key) = ts
+        .funded(
+            "alice",
+            1_000_000,
+            json!({"name": "k", "remain_quota": 100_000}),
+        )
+        .await;
+    let r = ts
+        .relay(
+            &key,
+            "/v1/chat/completions",
+            json!({"model": "m-stall", "stream": true, "max_tokens": 20,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.text.contains("[DONE]"), "{}", r.text);
+    let last = r
+        .text
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .last()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped sending"),
+        "{last}"
+    );
+    ts.flush().await;
+    let rows = ts.all_logs(&u, "/api/log/self?type=2").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(other(&rows[0])["usage_source"], json!("local"));
+    assert_eq!(other(&rows[0])["http_status"], json!(502));
+    let charged = rows[0]["quota"].as_i64().unwrap();
+    assert!(charged > 0);
+    assert_eq!(ts.token_of(&u, tid).await["used_quota"], json!(charged));
+    ts.stop().await;
+}
