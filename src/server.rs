@@ -367,10 +367,16 @@ async fn serve(listener: TcpListener, app: Router, limits: ConnLimits, stop: Can
         let app = app.clone();
         let builder = builder.clone();
         let graceful_watch = graceful.watcher();
+        let stopping = stop.clone();
         tokio::spawn(async move {
             // hyper's header timeout starts once the protocol is known; a
             // client that connects and says nothing must not wait forever.
-            if !first_bytes_within(&tcp, limits.header_timeout).await {
+            // Nor may it hold up a shutdown (the watcher counts it already).
+            let spoke = tokio::select! {
+                ok = first_bytes_within(&tcp, limits.header_timeout) => ok,
+                _ = stopping.cancelled() => false,
+            };
+            if !spoke {
                 return;
             }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {

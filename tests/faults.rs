@@ -195,17 +195,85 @@ async fn database_restart_under_load_loses_nothing() {
     ts.stop().await;
 }
 
+/// Redis for one test: its URL, a cuttable proxy in front of it and a key
+/// prefix of the test's own; `None` (skip) when Redis is not configured.
+async fn redis_behind_proxy() -> Option<(String, Proxy, String)> {
+    let url = common::replicas::redis_url()?;
+    let proxy = Proxy::start(&host_port(&url)).await;
+    let prefix = format!("sluice_t_fault_{}:", sluice::auth::keys::random_alnum(10));
+    Some((url, proxy, prefix))
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A field of a shared balance (0 when absent).
+async fn balance_field(conn: &redis::aio::MultiplexedConnection, key: &str, f: &str) -> i64 {
+    let v: Option<i64> = redis::cmd("HGET")
+        .arg(key)
+        .arg(f)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    v.unwrap_or(0)
+}
+
+/// Deletes the test's Redis keys.
+async fn delete_prefix(conn: &redis::aio::MultiplexedConnection, prefix: &str) {
+    let mut conn = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Starts a call in the background; resolves to its status and body.
+fn call_in_background(
+    ts: &TestServer,
+    key: &str,
+    model: &str,
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let (http, url, key) = (
+        ts.http.clone(),
+        ts.url("/v1/chat/completions"),
+        key.to_string(),
+    );
+    let body = json!({"model": model, "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi"}]});
+    tokio::spawn(async move {
+        let r = http
+            .post(url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
 /// Redis down is refused, not guessed at (docs/decisions.md): with the
 /// shared balances unreachable a call gets 503 `balance_unavailable` and
 /// reaches no upstream. When Redis is back calls flow again, and a call
 /// that was in flight during the outage is settled once Redis returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_refuses_calls_and_recovers() {
-    let Some(redis_url) = common::replicas::redis_url() else {
+    let Some((redis_url, proxy, prefix)) = redis_behind_proxy().await else {
         return;
     };
-    let proxy = Proxy::start(&host_port(&redis_url)).await;
-    let prefix = format!("sluice_t_fault_{}:", sluice::auth::keys::random_alnum(10));
     let ts = spawn_with(Db::Postgres, |c| {
         c.redis_url = Some(proxy.url(&redis_url));
         c.redis_prefix = prefix.clone();
@@ -227,22 +295,7 @@ async fn redis_down_refuses_calls_and_recovers() {
     assert_eq!(ts.chat(&key, "gpt-4o", 20).await.status, 200);
 
     // A call in flight when Redis goes away.
-    let inflight = {
-        let ts_http = ts.http.clone();
-        let url = ts.url("/v1/chat/completions");
-        let key = key.clone();
-        tokio::spawn(async move {
-            ts_http
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": "gpt-slow", "max_tokens": 20,
-                    "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let inflight = call_in_background(&ts, &key, "gpt-slow");
     eventually("the slow call to reach the upstream", || async {
         mock.state.count("slow-400") == 1
     })
@@ -251,7 +304,7 @@ async fn redis_down_refuses_calls_and_recovers() {
     let r = ts.chat(&key, "gpt-4o", 20).await;
     assert_error(&r, 503, "service_unavailable_error", "balance_unavailable");
     // The call in flight still completes for its client.
-    assert_eq!(inflight.await.unwrap(), 200);
+    assert_eq!(inflight.await.unwrap().0, 200);
     assert_eq!(mock.state.count("ok"), 1);
 
     proxy.restore();
@@ -267,40 +320,15 @@ async fn redis_down_refuses_calls_and_recovers() {
     assert_eq!(t["used_quota"].as_i64().unwrap(), quota_sum(&rows));
     // The shared balance heals: nothing stays held for the call that was
     // in flight, and it agrees with the database.
-    let mut conn = redis::Client::open(redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = redis_conn(&redis_url).await;
     let acct_key = format!("{prefix}bal:t:{tid}");
-    eventually("the shared balance to heal", || {
-        let mut conn = conn.clone();
-        let acct_key = acct_key.clone();
-        let ts = &ts;
-        let u = &u;
-        async move {
-            let acct: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
-                .arg(&acct_key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let remain = ts.token_of(u, tid).await["remain_quota"].as_i64().unwrap();
-            acct.get("pending") == Some(&0) && acct.get("db") == Some(&remain)
-        }
+    eventually("the shared balance to heal", || async {
+        let remain = ts.token_of(&u, tid).await["remain_quota"].as_i64().unwrap();
+        balance_field(&conn, &acct_key, "pending").await == 0
+            && balance_field(&conn, &acct_key, "db").await == remain
     })
     .await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    delete_prefix(&conn, &prefix).await;
     drop(proxy);
     ts.stop().await;
 }
@@ -311,11 +339,9 @@ async fn redis_down_refuses_calls_and_recovers() {
 /// released twice; it goes on under a new epoch and the books agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_past_its_lease_is_swept_once() {
-    let Some(redis_url) = common::replicas::redis_url() else {
+    let Some((redis_url, proxy, prefix)) = redis_behind_proxy().await else {
         return;
     };
-    let proxy = Proxy::start(&host_port(&redis_url)).await;
-    let prefix = format!("sluice_t_sweep_{}:", sluice::auth::keys::random_alnum(10));
     let Some(a) = spawn_with(Db::Postgres, |c| {
         c.redis_url = Some(proxy.url(&redis_url));
         c.redis_prefix = prefix.clone();
@@ -348,43 +374,14 @@ async fn a_replica_cut_off_past_its_lease_is_swept_once() {
             json!({"name": "k", "remain_quota": 100_000}),
         )
         .await;
-    let inflight = {
-        let (http, url, key) = (a.http.clone(), a.url("/v1/chat/completions"), key.clone());
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": "gpt-slow", "max_tokens": 20,
-                    "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
-    };
+    let inflight = call_in_background(&a, &key, "gpt-slow");
     eventually("the call to reach the upstream", || async {
         mock.state.count("slow-3000") == 1
     })
     .await;
-    let mut conn = redis::Client::open(redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = redis_conn(&redis_url).await;
     let acct = format!("{prefix}bal:t:{tid}");
-    let field = |f: &'static str| {
-        let (mut conn, acct) = (conn.clone(), acct.clone());
-        async move {
-            let v: Option<i64> = redis::cmd("HGET")
-                .arg(&acct)
-                .arg(f)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            v.unwrap_or(0)
-        }
-    };
+    let field = |f: &'static str| balance_field(&conn, &acct, f);
     assert!(field("pending").await > 0, "the call holds quota");
     proxy.cut();
     // B releases A's hold once A's lease has expired.
@@ -393,8 +390,8 @@ async fn a_replica_cut_off_past_its_lease_is_swept_once() {
     })
     .await;
     // The call still completes for its client; A queues its moves.
-    let text = inflight.await.unwrap();
-    assert!(text.contains("chat.completion"), "{text}");
+    let (status, text) = inflight.await.unwrap();
+    assert_eq!(status, 200, "{text}");
     proxy.restore();
     a.flush().await;
     let t = a.token_of(&u, tid).await;
@@ -421,16 +418,7 @@ async fn a_replica_cut_off_past_its_lease_is_swept_once() {
         b.chat(&key, "gpt-ok", 20).await.status == 200
     })
     .await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("DEL")
-        .arg(keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    delete_prefix(&conn, &prefix).await;
     drop(proxy);
     b.stop().await;
     a.stop().await;

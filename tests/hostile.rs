@@ -304,3 +304,19 @@ async fn absurd_numbers_are_refused_before_anything_is_held() {
     still_serving(&ts, &key).await;
     ts.stop().await;
 }
+
+/// Connections that never send a byte, and idle keep-alive ones, do not
+/// hold up a shutdown (they would otherwise wait out the header timeout).
+#[tokio::test]
+async fn silent_and_idle_connections_do_not_delay_a_shutdown() {
+    let (ts, _mock, key) = setup(|c| c.client_header_timeout_ms = 600_000).await;
+    still_serving(&ts, &key).await; // leaves an idle keep-alive connection
+    let addr = ts.base.trim_start_matches("http://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(20), ts.stop()).await;
+    assert!(stopped.is_ok(), "the server waited on silent connections");
+    drop(silent);
+}
