@@ -101,6 +101,18 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         config.session_secret.as_deref(),
         &config.data_dir,
     )?;
+    // Replicas with different keys would each fail to read the others' keys
+    // (routing would silently lose channels): refuse to start instead.
+    for c in store.sample_ciphers().await? {
+        if secrets.decrypt(&c).is_err() {
+            return Err(AuthError::SecretKey(
+                "the stored keys were encrypted with another key: every replica must \
+                 run with the same SLUICE_SECRET_KEY (or the data directory's secret.key)"
+                    .into(),
+            )
+            .into());
+        }
+    }
     bootstrap_root(&store, &config).await?;
     let options = Options::from_stored(store.load_options().await?);
     let routing = Snapshot::build(&store.all_channels().await?, &secrets);

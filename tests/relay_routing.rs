@@ -479,3 +479,72 @@ async fn a_channel_with_several_keys_uses_them_all() {
     assert_eq!(ts.channel_of(id).await["request_count"], json!(60));
     ts.stop().await;
 }
+
+/// `sk-<key>-<channel id>` (SPEC §5): an admin's key may pin a channel, which
+/// then serves even a model it does not list; a disabled or unknown channel
+/// is refused; a plain user's pin is refused.
+#[tokio::test]
+async fn an_admin_key_pins_a_channel_a_user_key_cannot() {
+    let (ts, mock) = setup().await;
+    chan(&ts, &mock, "first", "gpt-4o", 10, 1).await;
+    let second = chan(&ts, &mock, "second", "gpt-4o-mini", 0, 1).await;
+    let admin = ts.fast_user("boss", 10).await;
+    ts.give_quota(&admin, 10_000_000).await;
+    let (_, key) = ts
+        .key(&admin, json!({"name": "k", "unlimited_quota": true}))
+        .await;
+    let pinned = format!("{key}-{second}");
+    for _ in 0..5 {
+        let r = ts.chat(&pinned, "gpt-4o", 5).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(mock.state.count("second"), 5);
+    assert_eq!(mock.state.count("first"), 0);
+    ts.flush().await;
+    let rows = ts.all_logs(&admin, "/api/log/self?type=2").await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["channel_id"] == json!(second)));
+
+    assert_error(
+        &ts.chat(&format!("{key}-99999"), "gpt-4o", 5).await,
+        503,
+        "service_unavailable_error",
+        "no_available_channel",
+    );
+    ts.put(
+        &ts.root(),
+        "/api/channel/",
+        json!({"id": second, "status": 2}),
+    )
+    .await
+    .ok();
+    assert_error(
+        &ts.chat(&pinned, "gpt-4o", 5).await,
+        403,
+        "permission_error",
+        "channel_disabled",
+    );
+    assert_eq!(
+        mock.state.count("second"),
+        5,
+        "a disabled channel is not called"
+    );
+
+    let (_, _, user_key) = ts
+        .funded(
+            "alice",
+            10_000_000,
+            json!({"name": "k", "unlimited_quota": true}),
+        )
+        .await;
+    assert_error(
+        &ts.chat(&format!("{user_key}-{second}"), "gpt-4o", 5).await,
+        403,
+        "permission_error",
+        "channel_pin_forbidden",
+    );
+    // Unpinned, the same user key is served by routing as usual.
+    assert_eq!(ts.chat(&user_key, "gpt-4o", 5).await.status, 200);
+    assert_eq!(mock.state.count("first"), 1);
+    ts.stop().await;
+}

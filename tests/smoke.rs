@@ -72,3 +72,28 @@ async fn flow_postgres() {
 async fn flow_mysql() {
     flow(Db::Mysql).await;
 }
+
+/// A server whose secret key is not the one the stored keys were encrypted
+/// with (a replica started with another SLUICE_SECRET_KEY) refuses to start
+/// rather than silently losing every channel and key view.
+#[tokio::test]
+async fn a_server_with_another_secret_key_refuses_to_start() {
+    let ts = common::spawn_with(Db::Sqlite, |c| c.secret_key = Some("first-secret".into()))
+        .await
+        .unwrap();
+    let alice = ts.user("alice", 1).await;
+    ts.token(&alice, json!({"name": "k"})).await;
+    let mut config = ts.server.as_ref().unwrap().state.config.clone();
+    config.secret_key = Some("second-secret".into());
+    let err = match sluice::server::start(config.clone()).await {
+        Ok(_) => panic!("a server with another key started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("SLUICE_SECRET_KEY"), "{err}");
+    // The right key starts (beside the first, on the same database).
+    config.secret_key = Some("first-secret".into());
+    let other = sluice::server::start(config).await.unwrap();
+    other.shutdown();
+    other.wait().await.unwrap();
+    ts.stop().await;
+}

@@ -277,6 +277,14 @@ pub mod errors {
             "only administrators may pin a channel with sk-<key>-<channel id>",
         )
     }
+    /// A pinned channel that is disabled (new-api refuses these too).
+    pub fn channel_disabled(id: i64) -> RelayError {
+        RelayError::new(
+            Kind::Forbidden,
+            "channel_disabled",
+            format!("channel #{id} is disabled"),
+        )
+    }
     pub fn bad_request(msg: impl Into<String>) -> RelayError {
         RelayError::new(Kind::InvalidRequest, "invalid_request", msg)
     }

@@ -51,8 +51,15 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
     let opts = state.options.load_full();
     let group = call.caller.group.clone();
     if let Some(pin) = call.caller.pinned {
-        if snap.channel(pin).is_none() {
-            return Err(errors::no_channel(&group, &call.model));
+        // A pin chooses the channel, not whether it may serve: a disabled
+        // channel stays disabled (its models are not checked, as in new-api,
+        // so an admin can probe a model before listing it).
+        match snap.channel(pin) {
+            None => return Err(errors::no_channel(&group, &call.model)),
+            Some(ch) if ch.status != channel_status::ENABLED => {
+                return Err(errors::channel_disabled(pin));
+            }
+            Some(_) => {}
         }
     } else if !snap.serves(&group, &call.model) {
         return Err(errors::no_channel(&group, &call.model));
