@@ -6,7 +6,7 @@
 #
 # The guard measures the binaries `cargo test` builds (dependencies optimised,
 # sluice itself unoptimised), so in CI it costs no extra build: a release
-# build with fat LTO took ~12 of CI's 30 minutes. Growth in sluice's own hot
+# build with fat LTO took ~12 of CI's 28 minutes. Growth in sluice's own hot
 # path shows up in this count at least as strongly as in a release build.
 #
 #   bench/instructions.sh             # check against the recorded figure

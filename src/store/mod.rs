@@ -225,6 +225,27 @@ impl Store {
         }
     }
 
+    /// The newest stored token and channel key ciphertexts (at most one
+    /// each), to check at start that this server holds the key that
+    /// encrypted them.
+    pub async fn sample_ciphers(&self) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for table in ["tokens", "channels"] {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT key_cipher FROM {table} ORDER BY id DESC LIMIT 1"
+            )))
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(r) = row {
+                let c: String = r.try_get(0)?;
+                if !c.is_empty() {
+                    out.push(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -104,27 +104,6 @@ impl Owner {
 }
 
 impl Store {
-    /// The newest stored token and channel key ciphertexts (at most one
-    /// each), to check at start that this server holds the key that
-    /// encrypted them.
-    pub async fn sample_ciphers(&self) -> StoreResult<Vec<String>> {
-        let mut out = Vec::new();
-        for table in ["tokens", "channels"] {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT key_cipher FROM {table} ORDER BY id DESC LIMIT 1"
-            )))
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(r) = row {
-                let c: String = r.try_get(0)?;
-                if !c.is_empty() {
-                    out.push(c);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Inserts a token unless the owner already holds `max_tokens`. The owner's
     /// row is locked first, so concurrent creates cannot pass the cap together.
     pub async fn create_token(&self, t: &Token, max_tokens: i64) -> Result<i64, CreateTokenError> {
