@@ -29,9 +29,11 @@ fn main() -> std::process::ExitCode {
     let filter =
         EnvFilter::try_new(&cli.config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // This runtime keeps the background work (ledger writer, cache bus);
+    // requests are served on threads of their own (`server::start`).
     // Blocking threads (argon2 hashing: ~19 MiB each) exit soon after use,
     // which is when the allocator returns their memory.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()

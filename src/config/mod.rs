@@ -96,6 +96,10 @@ pub struct Config {
     /// Ledger batch window, milliseconds (at most this much is lost on SIGKILL).
     #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = 50)]
     pub ledger_window_ms: u64,
+    /// Threads serving HTTP, each with its own single-threaded runtime and
+    /// upstream connection pool; 0 means one per CPU core.
+    #[arg(long, env = "SLUICE_SERVE_THREADS", default_value_t = 0)]
+    pub serve_threads: usize,
 }
 
 impl Default for Config {
@@ -123,11 +127,20 @@ impl Default for Config {
             upstream_first_byte_timeout_ms: 300_000,
             upstream_idle_timeout_ms: 300_000,
             ledger_window_ms: 50,
+            serve_threads: 0,
         }
     }
 }
 
 impl Config {
+    /// How many serving threads to run: `serve_threads`, or one per core.
+    pub fn serve_threads(&self) -> usize {
+        match self.serve_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Upstream connect timeout.
     pub fn upstream_connect(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.upstream_connect_timeout_ms)

@@ -1,8 +1,13 @@
-//! The one pooled HTTP client for upstream calls: hyper-util's connection
-//! pool with rustls (the stack reqwest wraps, without reqwest's per-request
+//! The pooled HTTP client for upstream calls: hyper-util's connection pool
+//! with rustls (the stack reqwest wraps, without reqwest's per-request
 //! redirect, retry and URL layers, which cost ~15% of a relayed call's CPU;
 //! see docs/decisions.md).
+//!
+//! One pool per serving thread ("lane"): a connection's task runs on the
+//! runtime that opened it, so a call made on one serving thread over another
+//! thread's connection would hand every request and response across threads.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
@@ -35,16 +40,43 @@ pub enum UpstreamError {
     Build(String),
 }
 
-/// The pooled client.
+type Pool = Client<HttpsConnector<HttpConnector>, ReqBody>;
+
+thread_local! {
+    /// This thread's lane: 0 off the serving threads, 1.. on them.
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `lane` (1-based): its upstream
+/// calls use that lane's pool.
+pub fn enter_lane(lane: usize) {
+    LANE.with(|l| l.set(lane));
+}
+
+/// The pooled client: one pool per serving thread, one for the rest.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    serving: std::sync::Arc<[Pool]>,
+    other: Pool,
 }
 
 impl Upstream {
-    /// A client with keep-alive pooling, TCP_NODELAY and a connect timeout;
+    /// Clients with keep-alive pooling, TCP_NODELAY and a connect timeout;
     /// TLS verified against the platform's roots.
-    pub fn new(connect_timeout: Duration) -> Result<Upstream, UpstreamError> {
+    pub fn new(
+        connect_timeout: Duration,
+        serving_threads: usize,
+    ) -> Result<Upstream, UpstreamError> {
+        let serving = (0..serving_threads)
+            .map(|_| Self::pool(connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstream {
+            serving: serving.into(),
+            other: Self::pool(connect_timeout)?,
+        })
+    }
+
+    fn pool(connect_timeout: Duration) -> Result<Pool, UpstreamError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -56,11 +88,16 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        Ok(Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
-        Ok(Upstream { client })
+            .build(https))
+    }
+
+    fn client(&self) -> &Pool {
+        // Lane 0 wraps to an index no thread has.
+        let lane = LANE.with(Cell::get).wrapping_sub(1);
+        self.serving.get(lane).unwrap_or(&self.other)
     }
 
     /// POSTs `body` to `uri` with `headers` (plus a JSON content type).
@@ -81,7 +118,7 @@ impl Upstream {
         for (k, v) in headers {
             h.insert(k, v);
         }
-        self.client.request(req).await.map_err(|e| {
+        self.client().request(req).await.map_err(|e| {
             if e.is_connect() {
                 UpstreamError::Connect(e.to_string())
             } else {

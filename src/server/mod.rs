@@ -1,6 +1,8 @@
 //! Process wiring: build the state, bootstrap the root user, assemble the
 //! router, serve until told to stop, then drain.
 
+mod serving;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,7 +156,8 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         &writer.tracker,
         writer.stop.clone(),
     );
-    let http = crate::relay::upstream::Upstream::new(config.upstream_connect())?;
+    let http =
+        crate::relay::upstream::Upstream::new(config.upstream_connect(), config.serve_threads())?;
     let tracker = TaskTracker::new();
     let state = Arc::new(AppState {
         config,
@@ -296,6 +299,7 @@ pub struct RunningServer {
     pub state: SharedState,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), ServerError>>,
+    load: serving::Load,
 }
 
 impl RunningServer {
@@ -311,140 +315,35 @@ impl RunningServer {
             .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?
     }
 
+    /// Open client connections on each serving thread.
+    pub fn open_connections(&self) -> Vec<usize> {
+        self.load.get()
+    }
+
     /// A token that is cancelled when the server is told to stop.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 }
 
-/// Per-connection limits against slow or oversized clients.
-#[derive(Debug, Clone, Copy)]
-struct ConnLimits {
-    /// Time a client has to send a request's headers (also an idle
-    /// keep-alive connection's limit before its next request).
-    header_timeout: std::time::Duration,
-    /// Largest request head (request line and headers).
-    max_header_bytes: usize,
-}
-
-impl From<&Config> for ConnLimits {
-    fn from(c: &Config) -> Self {
-        ConnLimits {
-            header_timeout: std::time::Duration::from_millis(c.client_header_timeout_ms.max(1)),
-            max_header_bytes: c.max_header_bytes.max(8192),
-        }
-    }
-}
-
-/// Accepts connections until `stop`, then lets every request in flight
-/// finish (idle connections are closed) before returning.
-///
-/// Written out rather than `axum::serve` for the limits axum does not
-/// expose: a header read timeout (slow clients cannot hold connections
-/// open forever) and the size of request heads.
-async fn serve(listener: TcpListener, app: Router, limits: ConnLimits, stop: CancellationToken) {
-    use axum::extract::ConnectInfo;
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use tower::ServiceExt;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off a little
-                    // rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small writes (stream events) must leave at once: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let builder = builder.clone();
-        let graceful_watch = graceful.watcher();
-        let stopping = stop.clone();
-        tokio::spawn(async move {
-            // hyper's header timeout starts once the protocol is known; a
-            // client that connects and says nothing must not wait forever.
-            // Nor may it hold up a shutdown (the watcher counts it already).
-            let spoke = tokio::select! {
-                ok = first_bytes_within(&tcp, limits.header_timeout) => ok,
-                _ = stopping.cancelled() => false,
-            };
-            if !spoke {
-                return;
-            }
-            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                // Request ids are ours (they key the ledger): a client's own
-                // is dropped, not adopted.
-                req.headers_mut().remove(REQUEST_ID_HEADER);
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                .into_owned();
-            if let Err(e) = graceful_watch.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// Waits until the client has sent enough to tell its protocol (its first
-/// bytes, or the whole HTTP/2 preface if it starts like one), at most `limit`.
-/// False if it closed or stayed silent.
-async fn first_bytes_within(tcp: &tokio::net::TcpStream, limit: std::time::Duration) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let sniff = async {
-        let mut buf = [0u8; 24];
-        loop {
-            let n = tcp.peek(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return false;
-            }
-            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
-                return true;
-            }
-            // A partial HTTP/2 preface: wait for the rest.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
-}
-
-/// Binds and serves in a background task.
+/// Binds and serves in the background: see [`serving`] for the threads.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = SocketAddr::new(config.bind, config.port);
     let (state, writer) = build_state(config).await?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let shutdown = state.shutdown.clone();
-    let app = app(state.clone());
-    let stop = shutdown.clone();
+    let lanes = serving::Lanes::start(
+        state.config.serve_threads(),
+        app(state.clone()),
+        serving::ConnLimits::from(&state.config),
+        shutdown.clone(),
+    )?;
+    let load = lanes.load();
     let st = state.clone();
-    let limits = ConnLimits::from(&state.config);
+    let stop = shutdown.clone();
     let handle = tokio::spawn(async move {
-        serve(listener, app, limits, stop).await;
+        let lanes = lanes.accept(listener, stop).await;
         // In-flight requests are done; let background work (settlements of
         // dropped streams, channel updates) queue its rows, then drain the
         // ledger, then close the database.
@@ -455,6 +354,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             b.drain(std::time::Duration::from_secs(3)).await;
         }
         st.store.close().await;
+        lanes.release().await;
         Ok(())
     });
     Ok(RunningServer {
@@ -462,5 +362,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         state,
         shutdown,
         handle,
+        load,
     })
 }
