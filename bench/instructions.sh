@@ -54,8 +54,8 @@ wait_port() {
 "$BIN/sluice-mock" 127.0.0.1:$MOCK_PORT >/dev/null 2>&1 &
 MPID=$!
 ROOT=icountroottoken0123456789abcdefgh
-# One worker thread: the count then does not depend on how work was spread.
-TOKIO_WORKER_THREADS=1 PORT=$SLUICE_PORT BIND_ADDR=127.0.0.1 SLUICE_DATA_DIR="$WORK/data" \
+# One serving thread: the count then does not depend on how work was spread.
+SLUICE_SERVE_THREADS=1 PORT=$SLUICE_PORT BIND_ADDR=127.0.0.1 SLUICE_DATA_DIR="$WORK/data" \
   INITIAL_ROOT_PASSWORD=icount-password INITIAL_ROOT_ACCESS_TOKEN=$ROOT LOG_LEVEL=warn \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN/sluice" >"$WORK/sluice.log" 2>&1 &
 VPID=$!
