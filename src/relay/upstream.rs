@@ -67,20 +67,11 @@ impl Upstream {
         connect_timeout: Duration,
         serving_threads: usize,
     ) -> Result<Upstream, UpstreamError> {
-        let serving = (0..serving_threads)
-            .map(|_| Self::pool(connect_timeout))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Upstream {
-            serving: serving.into(),
-            other: Self::pool(connect_timeout)?,
-        })
-    }
-
-    fn pool(connect_timeout: Duration) -> Result<Pool, UpstreamError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        // One connector (TLS roots loaded once), one pool per lane.
         let https = HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
             .map_err(|e| UpstreamError::Build(format!("TLS roots: {e}")))?
@@ -88,10 +79,16 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https))
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1024)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(https.clone())
+        };
+        Ok(Upstream {
+            serving: (0..serving_threads).map(|_| pool()).collect(),
+            other: pool(),
+        })
     }
 
     fn client(&self) -> &Pool {
