@@ -90,7 +90,7 @@ impl Lanes {
         Load(self.lanes.iter().map(|l| l.open.clone()).collect())
     }
 
-    /// Starts `n` serving threads for `app`.
+    /// Starts `n` serving threads for `app` (`Config::serve_threads`, at least one).
     pub(super) fn start(
         n: usize,
         app: Router,
@@ -99,7 +99,7 @@ impl Lanes {
     ) -> std::io::Result<Lanes> {
         let release = CancellationToken::new();
         let mut lanes = Vec::with_capacity(n);
-        for lane in 1..=n.max(1) {
+        for lane in 1..=n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 // Blocking threads (argon2: ~19 MiB each) exit soon after use,
