@@ -183,6 +183,7 @@ echo "open loop: $RATE requests/s for ${DUR}s..." >&2
 loadgen() { "$BIN/sluice-loadgen" "$1" "$2" "$RATE" "$DUR" "${3:-}"; }
 field() { sed -E "s/.*$1=([0-9.]+).*/\1/" <<<"$2"; }
 L_DIRECT=$(loadgen "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/body.json")
+L_NGINX=$(loadgen "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$WORK/body.json")
 L_SLUICE=$(loadgen "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" "$WORK/body.json" "$KEY")
 SLUICE_CALLS=$(( SLUICE_CALLS + $(field ok "$L_SLUICE") ))
 L_DIRECT_S=$(loadgen "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$WORK/stream.json")
@@ -219,7 +220,8 @@ CHARGED=$(api GET "/api/log/stat?type=2&token_name=bench" | python3 -c 'import j
 # --- report ------------------------------------------------------------------
 python3 - "$R_DIRECT" "$R_NGINX" "$R_SLUICE" "$R_DIRECT_S" "$R_SLUICE_S" \
   "$L_DIRECT" "$L_SLUICE" "$L_DIRECT_S" "$L_SLUICE_S" \
-  "$RSS_IDLE" "$RSS_MAX" "$ROWS" "$USED" "$SLUICE_CALLS" "$COST" "$CONNS" "$DUR" "$RATE" "$PG" "$RSS_LONG" "$SETTLED" "$CHARGED" <<'PY'
+  "$RSS_IDLE" "$RSS_MAX" "$ROWS" "$USED" "$SLUICE_CALLS" "$COST" "$CONNS" "$DUR" "$RATE" "$PG" "$RSS_LONG" "$SETTLED" "$CHARGED" \
+  "$L_NGINX" <<'PY'
 import sys, re
 a = sys.argv[1:]
 def wrk(s):
@@ -234,6 +236,7 @@ rows, used, calls, cost = int(a[11]), int(a[12]), int(a[13]), int(a[14])
 conns, dur, rate, pg, rss_long = a[15], a[16], a[17], a[18] == "1", a[19]
 settled = int(float(a[20] or 0))
 charged = int(a[21])
+lng = lg(a[22])
 store = "PostgreSQL" if pg else "SQLite"
 ms = lambda us: f"{us/1000:.2f}"
 print(f"\nsluice benchmark — wrk -t1 -c{conns} -d{dur}s, POST /v1/chat/completions, store {store}\n")
@@ -247,6 +250,7 @@ print(f"sluice / nginx  throughput {sl['rps']/ng['rps']:.2f}x   p99 {ms(sl['p99'
 print(f"sluice / direct throughput {sl['rps']/d['rps']:.2f}x   stream vs direct stream {ss['rps']/ds['rps']:.2f}x")
 print(f"\nopen loop at {rate} req/s (latency added over direct):")
 print(f"  non-stream p50 +{(lsl['p50_us']-ld['p50_us']):.0f} us   p99 +{(lsl['p99_us']-ld['p99_us'])/1000:.2f} ms   (sluice p50 {lsl['p50_us']:.0f} us, p99 {lsl['p99_us']/1000:.2f} ms; failed {lsl['failed']:.0f})")
+print(f"  (nginx for reference: p50 +{(lng['p50_us']-ld['p50_us']):.0f} us   p99 +{(lng['p99_us']-ld['p99_us'])/1000:.2f} ms)")
 print(f"  stream TTFB p50 +{(lss['ttfb_p50_us']-lds['ttfb_p50_us']):.0f} us   p99 +{(lss['ttfb_p99_us']-lds['ttfb_p99_us'])/1000:.2f} ms")
 print(f"\nsluice RSS: idle {rss_idle:.1f} MB, under load max {rss_max:.1f} MB")
 if rss_long:

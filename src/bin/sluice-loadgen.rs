@@ -114,11 +114,27 @@ async fn main() -> std::process::ExitCode {
             one(&client, &url, &body, &bearer, Instant::now(), &stats).await;
         }
     } else {
+        // Pacing runs on its own OS thread: tokio's timer has a 1 ms
+        // granularity, which released requests in bursts (two at a time at
+        // 2 000/s) up to 1 ms after their scheduled time, and that lag was
+        // measured as latency. A thread's sleep wakes within tens of µs.
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let pacer = std::thread::spawn(move || {
+            let mut next = began;
+            while next < end {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                if tick_tx.send(next).is_err() {
+                    break;
+                }
+                next += interval;
+            }
+        });
         let mut tasks = tokio::task::JoinSet::new();
-        let mut next = began;
-        while next < end {
-            tokio::time::sleep_until(next.into()).await;
+        while let Some(scheduled) = ticks.recv().await {
             let (client, url, body, bearer, stats) = (
                 client.clone(),
                 url.clone(),
@@ -126,11 +142,10 @@ async fn main() -> std::process::ExitCode {
                 bearer.clone(),
                 stats.clone(),
             );
-            let scheduled = next;
             tasks.spawn(async move { one(&client, &url, &body, &bearer, scheduled, &stats).await });
-            next += interval;
             while tasks.try_join_next().is_some() {}
         }
+        let _ = pacer.join();
         while tasks.join_next().await.is_some() {}
     }
     let elapsed = began.elapsed().as_secs_f64();

@@ -284,7 +284,7 @@ async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), 
     if logs.is_empty() && statuses.is_empty() {
         return Ok(());
     }
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.ledger_pool().begin().await?;
     let mut rest = &logs[..];
     while !rest.is_empty() {
         let n = insert_chunk(rest.len());
@@ -420,5 +420,41 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(count_rows(&store).await.unwrap(), 9);
+    }
+
+    /// The writer has a connection of its own: with every pooled connection
+    /// held by request traffic, a batch still commits at once (through the
+    /// shared pool it would wait for the pool's 10 s acquire timeout, then
+    /// retry).
+    #[tokio::test]
+    async fn the_ledger_commits_while_the_pool_is_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
+        let store = Store::connect(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let ledger = Ledger::start(
+            store.clone(),
+            Arc::new(QuotaBank::Local(Default::default())),
+            crate::telemetry::Metrics::new(),
+            LedgerConfig::default(),
+            &tracker,
+            stop.clone(),
+        );
+        let held = store.pool().acquire().await.unwrap();
+        ledger
+            .record(Entry::Log(Box::new(NewLog {
+                request_id: "busy".into(),
+                ..NewLog::default()
+            })))
+            .await;
+        let flushed = tokio::time::timeout(Duration::from_secs(5), ledger.flush()).await;
+        assert!(flushed.is_ok(), "the ledger waited for a pooled connection");
+        drop(held);
+        assert_eq!(count_rows(&store).await.unwrap(), 1);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }

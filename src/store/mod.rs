@@ -124,6 +124,8 @@ impl Dialect {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// One connection of its own for the ledger writer (see [`Store::ledger_pool`]).
+    ledger: AnyPool,
     dialect: Dialect,
 }
 
@@ -141,24 +143,36 @@ impl Store {
             ))
         })?;
         let is_sqlite = dialect == Dialect::Sqlite;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if is_sqlite {
-                        // WAL lets readers run beside the single writer; NORMAL
-                        // sync is durable across process crashes in WAL mode.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA synchronous=NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout=10000").await?;
-                    }
-                    Ok(())
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if is_sqlite {
+                            // WAL lets readers run beside the single writer; NORMAL
+                            // sync is durable across process crashes in WAL mode.
+                            conn.execute("PRAGMA journal_mode=WAL").await?;
+                            conn.execute("PRAGMA synchronous=NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout=10000").await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
+        };
+        let pool = options()
+            .max_connections(max_connections.max(1))
             .connect(url)
             .await?;
-        Ok(Store { pool, dialect })
+        // Opened on first commit, on the runtime the writer runs on.
+        let ledger = options()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy(url)?;
+        Ok(Store {
+            pool,
+            ledger,
+            dialect,
+        })
     }
 
     /// Applies the embedded schema migrations for this dialect.
@@ -182,8 +196,18 @@ impl Store {
         &self.pool
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// The ledger writer's own connection. Its batches never wait for a
+    /// connection behind request traffic, and only its page cache holds the
+    /// log table's pages: with SQLite, every pooled connection that took a
+    /// turn at writing the ledger kept ~2 MB of them (its own page cache, on
+    /// its own thread's heap).
+    pub fn ledger_pool(&self) -> &AnyPool {
+        &self.ledger
+    }
+
+    /// Closes the pools, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.ledger.close().await;
         self.pool.close().await;
     }
 
