@@ -104,10 +104,16 @@ api() { # method path [json]
     -H "New-Api-User: 1" -H 'Content-Type: application/json' ${3:+-d "$3"}
 }
 MODEL=bench-model
-api PUT /api/option/ "{\"key\":\"ModelRatio\",\"value\":\"{\\\"$MODEL\\\":1}\"}" >/dev/null
+api PUT /api/option/ "{\"key\":\"ModelRatio\",\"value\":\"{\\\"$MODEL\\\":1,\\\"bench-nousage\\\":1}\"}" >/dev/null
 api PUT /api/option/ "{\"key\":\"CompletionRatio\",\"value\":\"{\\\"$MODEL\\\":1}\"}" >/dev/null
 api PUT /api/user/ '{"id":1,"quota":1000000000000}' >/dev/null
 api POST /api/channel/ "{\"type\":1,\"name\":\"mock\",\"key\":\"ok\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT\",\"models\":\"$MODEL\"}" >/dev/null
+# An upstream that never reports usage: one call to it makes sluice count
+# tokens itself, which loads tiktoken's vocabulary (~30-40 MB) before the load
+# phases, so RSS under load always includes it (otherwise it depended on
+# whether wrk happened to cut a stream before its usage event).
+api POST /api/channel/ "{\"type\":1,\"name\":\"no-usage\",\"key\":\"no-usage\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT\",\"models\":\"bench-nousage\"}" >/dev/null
+WARM_KEY=sk-$(api POST /api/token/ '{"name":"warm","remain_quota":1000000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
 TOKEN_JSON=$(api POST /api/token/ '{"name":"bench","remain_quota":1000000000000}')
 KEY=sk-$(echo "$TOKEN_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
 TOKEN_ID=$(echo "$TOKEN_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["id"])')
@@ -116,6 +122,8 @@ TOKEN_ID=$(echo "$TOKEN_JSON" | python3 -c 'import json,sys; print(json.load(sys
 # that thread idles out after 2 s).
 sleep 3
 RSS_IDLE=$(rss_kb)
+curl -sf "http://127.0.0.1:$SLUICE_PORT/v1/chat/completions" -H "Authorization: Bearer $WARM_KEY" \
+  -H 'Content-Type: application/json' -d '{"model":"bench-nousage","messages":[{"role":"user","content":"hi"}]}' >/dev/null
 
 # Request bodies: the mock reports 10 prompt + min(max_tokens,20) completion
 # tokens, so each call costs 10 + 16 = 26 quota at ratio 1.
@@ -234,7 +242,7 @@ ld, lsl, lds, lss = map(lg, a[5:9])
 rss_idle, rss_max = int(a[9]) / 1024, int(a[10]) / 1024
 rows, used, calls, cost = int(a[11]), int(a[12]), int(a[13]), int(a[14])
 conns, dur, rate, pg, rss_long = a[15], a[16], a[17], a[18] == "1", a[19]
-settled = int(float(a[20] or 0))
+settled = int(float(a[20] or 0)) - 1  # less the warm-up call (token "warm")
 charged = int(a[21])
 lng = lg(a[22])
 store = "PostgreSQL" if pg else "SQLite"
