@@ -369,23 +369,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Under load the window shrinks: once a full batch is queued the writer
-    /// commits it without waiting out the window (with a one-hour window and
-    /// no flush, the rows still arrive). Without this, throughput was capped
-    /// at `max_batch` rows per window.
-    #[tokio::test]
-    async fn a_full_batch_is_committed_without_waiting_out_the_window() {
+    /// A writer over a fresh SQLite file whose request pool has `pool` connections.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        ledger: Ledger,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    }
+
+    async fn rig(pool: u32, cfg: LedgerConfig) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
-        let store = Store::connect(&url, 2).await.unwrap();
+        let store = Store::connect(&url, pool).await.unwrap();
         store.migrate().await.unwrap();
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
-        let cfg = LedgerConfig {
-            queue: 64,
-            max_batch: 4,
-            window: Duration::from_secs(3600),
-        };
         let ledger = Ledger::start(
             store.clone(),
             Arc::new(QuotaBank::Local(Default::default())),
@@ -394,6 +393,33 @@ mod tests {
             &tracker,
             stop.clone(),
         );
+        Rig {
+            _dir: dir,
+            store,
+            ledger,
+            tracker,
+            stop,
+        }
+    }
+
+    /// Under load the window shrinks: once a full batch is queued the writer
+    /// commits it without waiting out the window (with a one-hour window and
+    /// no flush, the rows still arrive). Without this, throughput was capped
+    /// at `max_batch` rows per window.
+    #[tokio::test]
+    async fn a_full_batch_is_committed_without_waiting_out_the_window() {
+        let cfg = LedgerConfig {
+            queue: 64,
+            max_batch: 4,
+            window: Duration::from_secs(3600),
+        };
+        let Rig {
+            _dir,
+            store,
+            ledger,
+            tracker,
+            stop,
+        } = rig(2, cfg).await;
         // Queued before the writer looks: it finds two full batches waiting.
         for i in 0..9 {
             let log = NewLog {
@@ -428,20 +454,13 @@ mod tests {
     /// retry).
     #[tokio::test]
     async fn the_ledger_commits_while_the_pool_is_exhausted() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
-        let store = Store::connect(&url, 1).await.unwrap();
-        store.migrate().await.unwrap();
-        let tracker = TaskTracker::new();
-        let stop = CancellationToken::new();
-        let ledger = Ledger::start(
-            store.clone(),
-            Arc::new(QuotaBank::Local(Default::default())),
-            crate::telemetry::Metrics::new(),
-            LedgerConfig::default(),
-            &tracker,
-            stop.clone(),
-        );
+        let Rig {
+            _dir,
+            store,
+            ledger,
+            tracker,
+            stop,
+        } = rig(1, LedgerConfig::default()).await;
         let held = store.pool().acquire().await.unwrap();
         ledger
             .record(Entry::Log(Box::new(NewLog {
