@@ -413,13 +413,8 @@ mod tests {
             max_batch: 4,
             window: Duration::from_secs(3600),
         };
-        let Rig {
-            _dir,
-            store,
-            ledger,
-            tracker,
-            stop,
-        } = rig(2, cfg).await;
+        let r = rig(2, cfg).await;
+        let (store, ledger, tracker, stop) = (&r.store, &r.ledger, &r.tracker, &r.stop);
         // Queued before the writer looks: it finds two full batches waiting.
         for i in 0..9 {
             let log = NewLog {
@@ -432,7 +427,7 @@ mod tests {
         // ninth row waits for its window.
         let landed = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
-                if count_rows(&store).await.unwrap() >= 8 {
+                if count_rows(store).await.unwrap() >= 8 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -440,12 +435,12 @@ mod tests {
         })
         .await;
         assert!(landed.is_ok(), "full batches waited for the window");
-        assert_eq!(count_rows(&store).await.unwrap(), 8);
+        assert_eq!(count_rows(store).await.unwrap(), 8);
         // A stop drains the rest at once.
         stop.cancel();
         tracker.close();
         tracker.wait().await;
-        assert_eq!(count_rows(&store).await.unwrap(), 9);
+        assert_eq!(count_rows(store).await.unwrap(), 9);
     }
 
     /// The writer has a connection of its own: with every pooled connection
@@ -454,13 +449,8 @@ mod tests {
     /// retry).
     #[tokio::test]
     async fn the_ledger_commits_while_the_pool_is_exhausted() {
-        let Rig {
-            _dir,
-            store,
-            ledger,
-            tracker,
-            stop,
-        } = rig(1, LedgerConfig::default()).await;
+        let r = rig(1, LedgerConfig::default()).await;
+        let (store, ledger, tracker, stop) = (&r.store, &r.ledger, &r.tracker, &r.stop);
         let held = store.pool().acquire().await.unwrap();
         ledger
             .record(Entry::Log(Box::new(NewLog {
@@ -471,7 +461,7 @@ mod tests {
         let flushed = tokio::time::timeout(Duration::from_secs(5), ledger.flush()).await;
         assert!(flushed.is_ok(), "the ledger waited for a pooled connection");
         drop(held);
-        assert_eq!(count_rows(&store).await.unwrap(), 1);
+        assert_eq!(count_rows(store).await.unwrap(), 1);
         stop.cancel();
         tracker.close();
         tracker.wait().await;
