@@ -91,13 +91,7 @@ async fn a_flush_does_not_wait_out_the_ledger_window() {
             json!({"name": "k", "remain_quota": 100_000}),
         )
         .await;
-    let r = ts
-        .relay(
-            &key,
-            "/v1/chat/completions",
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+    let r = ts.chat(&key, "gpt-4o", 16).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let flushed = tokio::time::timeout(Duration::from_secs(60), ts.flush()).await;
     assert!(flushed.is_ok(), "the flush waited for the window");
