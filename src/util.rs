@@ -2,6 +2,11 @@
 
 use std::net::IpAddr;
 
+/// A hash map for the relay's per-call lookups (routing table, prices, ledger
+/// sums): foldhash instead of SipHash, ~5x cheaper for short keys. Its keys are
+/// set by admins or are ids, and the seed is still random per process.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 

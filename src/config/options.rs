@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
+use crate::util::FastMap;
+
 /// Quota units per US dollar (SPEC §6).
 pub const DEFAULT_QUOTA_PER_UNIT: f64 = 500_000.0;
 /// Tokens a user may hold when `MaxUserTokens` is unset.
@@ -267,12 +269,12 @@ fn defaults() -> BTreeMap<String, String> {
 pub struct Options {
     /// Every option as stored (defaults filled in), for `GET /api/option/`.
     pub raw: BTreeMap<String, String>,
-    pub model_ratio: HashMap<String, f64>,
-    pub completion_ratio: HashMap<String, f64>,
-    pub group_ratio: HashMap<String, f64>,
-    pub model_price: HashMap<String, f64>,
+    pub model_ratio: FastMap<String, f64>,
+    pub completion_ratio: FastMap<String, f64>,
+    pub group_ratio: FastMap<String, f64>,
+    pub model_price: FastMap<String, f64>,
     /// Price of cached prompt tokens relative to uncached ones, per model.
-    pub cache_ratio: HashMap<String, f64>,
+    pub cache_ratio: FastMap<String, f64>,
     /// Group → description, for groups any user may put on a token.
     pub user_usable_groups: BTreeMap<String, String>,
     pub quota_per_unit: f64,
@@ -313,7 +315,7 @@ impl Options {
                 tracing::warn!(option = %k, "stored option value is invalid; using the default");
             }
         }
-        let num_map = |k: &str| -> HashMap<String, f64> {
+        let num_map = |k: &str| -> FastMap<String, f64> {
             raw.get(k)
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default()

@@ -13,7 +13,6 @@
 //! being written: at most `window` of traffic (50 ms by default), rows and
 //! balances alike, never one without the other.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::billing::bank::{Committed, Hold, QuotaBank};
 use crate::store::{NewLog, Store, StoreError};
+use crate::util::FastMap;
 
 /// A settled call: its row and who pays.
 #[derive(Debug, Clone)]
@@ -245,13 +245,13 @@ fn insert_chunk(len: usize) -> usize {
 /// Commits one batch in one transaction, then tells the bank.
 async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), StoreError> {
     let mut logs: Vec<&NewLog> = Vec::new();
-    let mut tokens: HashMap<i64, Sums> = HashMap::new();
-    let mut users: HashMap<i64, Sums> = HashMap::new();
-    let mut channels: HashMap<i64, Sums> = HashMap::new();
+    let mut tokens: FastMap<i64, Sums> = FastMap::default();
+    let mut users: FastMap<i64, Sums> = FastMap::default();
+    let mut channels: FastMap<i64, Sums> = FastMap::default();
     let mut statuses: Vec<(i64, i64)> = Vec::new();
     // What the bank must move afterwards, per account and generation.
-    let mut bal_tokens: HashMap<(i64, Hold), i64> = HashMap::new();
-    let mut bal_users: HashMap<(i64, Hold), i64> = HashMap::new();
+    let mut bal_tokens: FastMap<(i64, Hold), i64> = FastMap::default();
+    let mut bal_users: FastMap<(i64, Hold), i64> = FastMap::default();
     for e in batch {
         match e {
             Entry::Charge(c) => {

@@ -2,13 +2,14 @@
 //! indexed by (group, model), swapped whole when any channel changes. Choosing
 //! a channel is a map lookup and a weighted draw: no lock, no query.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use rand::Rng;
 
 use crate::auth::Secrets;
 use crate::store::{Channel, channel_status};
+use crate::util::FastMap;
 
 /// The provider protocol a channel speaks (new-api's type ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +62,7 @@ pub struct ChannelRt {
     pub base_url: String,
     pub models: Vec<String>,
     /// Requested model → upstream model.
-    pub mapping: HashMap<String, String>,
+    pub mapping: FastMap<String, String>,
     pub groups: Vec<String>,
     pub priority: i64,
     pub weight: u64,
@@ -190,11 +191,11 @@ pub fn split_list(s: &str) -> Vec<String> {
 }
 
 /// Parses `model_mapping`: empty, or a JSON object of strings.
-pub fn parse_mapping(s: &str) -> Result<HashMap<String, String>, String> {
+pub fn parse_mapping(s: &str) -> Result<FastMap<String, String>, String> {
     if s.trim().is_empty() {
-        return Ok(HashMap::new());
+        return Ok(FastMap::default());
     }
-    serde_json::from_str::<HashMap<String, String>>(s).map_err(|_| {
+    serde_json::from_str::<FastMap<String, String>>(s).map_err(|_| {
         "model_mapping must be a JSON object of model name → upstream model name".into()
     })
 }
@@ -209,17 +210,17 @@ struct Tier {
 /// The routing table: immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    by_id: HashMap<i64, Arc<ChannelRt>>,
+    by_id: FastMap<i64, Arc<ChannelRt>>,
     /// group → model → tiers, highest priority first.
-    table: HashMap<String, HashMap<String, Vec<Tier>>>,
+    table: FastMap<String, FastMap<String, Vec<Tier>>>,
 }
 
 impl Snapshot {
     /// Builds the table from every channel (disabled ones are kept by id, for
     /// pinning and tests, but never routed to).
     pub fn build(channels: &[Channel], secrets: &Secrets) -> Snapshot {
-        let mut by_id = HashMap::new();
-        let mut table: HashMap<String, HashMap<String, Vec<Tier>>> = HashMap::new();
+        let mut by_id = FastMap::default();
+        let mut table: FastMap<String, FastMap<String, Vec<Tier>>> = FastMap::default();
         for c in channels {
             let Some(rt) = ChannelRt::from_channel(c, secrets) else {
                 continue;

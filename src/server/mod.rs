@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,9 +79,19 @@ impl RequestIds {
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+        // `{now}{n:012x}{prefix}`, built without the formatter (it was ~2 % of
+        // a relayed call's instructions).
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}{:012x}{}", crate::store::now(), n, self.prefix);
-        id.parse().ok().map(RequestId::new)
+        let mut secs = itoa::Buffer::new();
+        let mut counter = [0u8; 16];
+        hex::encode_to_slice(n.to_be_bytes(), &mut counter).ok()?;
+        let mut id = Vec::with_capacity(40);
+        id.extend_from_slice(secs.format(crate::store::now()).as_bytes());
+        id.extend_from_slice(&counter[4..]);
+        id.extend_from_slice(self.prefix.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -364,4 +374,32 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         handle,
         load,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Ids are `{unix seconds}{counter as 12 hex digits}{8-char prefix}`:
+    /// unique, and ordered by time then by counter.
+    #[test]
+    fn request_ids_are_seconds_counter_prefix() {
+        let mut ids = RequestIds::new();
+        let req = Request::new(());
+        let mut next = || {
+            let id = ids.make_request_id(&req).unwrap();
+            id.header_value().to_str().unwrap().to_string()
+        };
+        let (a, b) = (next(), next());
+        let secs = crate::store::now().to_string();
+        for id in [&a, &b] {
+            assert_eq!(id.len(), secs.len() + 12 + 8, "{id}");
+            assert!(id.bytes().all(|c| c.is_ascii_alphanumeric()), "{id}");
+        }
+        assert_eq!(&a[secs.len()..secs.len() + 12], "000000000000");
+        assert_eq!(&b[secs.len()..secs.len() + 12], "000000000001");
+        assert_eq!(a[secs.len() + 12..], b[secs.len() + 12..]);
+        assert!(a < b);
+    }
 }
