@@ -70,6 +70,9 @@ pub struct MockState {
     pub hits: AtomicU64,
     /// Skip recording (benchmarks).
     pub quiet: bool,
+    /// Client addresses requests came from: one per upstream connection the
+    /// gateway opened (not recorded when quiet).
+    pub peers: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl MockState {
@@ -81,6 +84,11 @@ impl MockState {
     /// The last request seen.
     pub fn last(&self) -> Option<Seen> {
         self.seen.lock().last().cloned()
+    }
+
+    /// Distinct connections requests arrived on.
+    pub fn connections(&self) -> usize {
+        self.peers.lock().len()
     }
 }
 
@@ -105,7 +113,7 @@ pub async fn start(addr: SocketAddr, quiet: bool) -> std::io::Result<Mock> {
     });
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -125,7 +133,27 @@ pub fn router(state: Arc<MockState>) -> Router {
         )
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{model_action}", post(gemini_call))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            note_peer,
+        ))
         .with_state(state)
+}
+
+/// Notes which connection a request came on.
+async fn note_peer(
+    State(state): State<Arc<MockState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !state.quiet
+        && let Some(c) = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        state.peers.lock().insert(c.0);
+    }
+    next.run(req).await
 }
 
 /// The key the caller used (OpenAI Bearer, Azure `api-key`, Anthropic

@@ -52,3 +52,46 @@ async fn chat_non_stream_and_stream_are_billed() {
     assert_eq!(stat.ok()["quota"], json!(per_call * 2));
     ts.stop().await;
 }
+
+/// Upstream connections are kept alive: sequential calls from one client,
+/// answered whole, streamed, or refused with an error body, all go over one
+/// upstream connection (each is read to its end, then pooled).
+#[tokio::test]
+async fn upstream_connections_are_kept_and_reused() {
+    let ts = spawn().await;
+    let mock = common::relay::mock().await;
+    let ok = ts.mock_channel(&mock, "ok", "gpt-4o", 0).await;
+    let failing = ts.mock_channel(&mock, "fail-400", "gpt-4o-mini", 0).await;
+    assert_ne!(ok, failing);
+    let alice = ts.user("alice", 1).await;
+    ts.give_quota(&alice, 10_000_000).await;
+    let (_, key) = ts
+        .key(&alice, json!({"name": "k", "remain_quota": 1_000_000}))
+        .await;
+    let chat = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..4 {
+        let r = ts
+            .relay(&key, "/v1/chat/completions", chat("gpt-4o", false))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = ts
+            .relay(&key, "/v1/chat/completions", chat("gpt-4o", true))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.text.contains("[DONE]"), "{}", r.text);
+        let r = ts
+            .relay(&key, "/v1/chat/completions", chat("gpt-4o-mini", false))
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text);
+    }
+    assert_eq!(
+        mock.state.hits.load(std::sync::atomic::Ordering::Relaxed),
+        12
+    );
+    assert_eq!(
+        mock.state.connections(),
+        1,
+        "every call opened a connection"
+    );
+    ts.stop().await;
+}

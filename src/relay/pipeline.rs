@@ -205,7 +205,7 @@ async fn attempt(
 
 /// Reads a body with an idle timeout between chunks and a size cap.
 pub async fn read_limited(
-    resp: axum::http::Response<hyper::body::Incoming>,
+    resp: upstream::Response,
     idle: std::time::Duration,
     max: usize,
 ) -> Result<Bytes, RelayError> {

@@ -297,7 +297,7 @@ pub async fn start(
     state: &SharedState,
     call: &Call,
     tab: Tab,
-    resp: axum::http::Response<hyper::body::Incoming>,
+    resp: super::upstream::Response,
 ) -> Result<Response, (RelayError, Tab)> {
     let tap: Box<dyn Tap> = Box::new(OpenAiTap::new(!call.wants_stream_usage));
     start_with(state, call, tab, resp, tap).await
@@ -308,7 +308,7 @@ pub async fn start_with(
     state: &SharedState,
     call: &Call,
     tab: Tab,
-    resp: axum::http::Response<hyper::body::Incoming>,
+    resp: super::upstream::Response,
     tap: Box<dyn Tap>,
 ) -> Result<Response, (RelayError, Tab)> {
     let idle = state.config.upstream_idle();

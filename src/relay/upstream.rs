@@ -1,30 +1,44 @@
-//! The pooled HTTP client for upstream calls: hyper-util's connection pool
-//! with rustls (the stack reqwest wraps, without reqwest's per-request
-//! redirect, retry and URL layers, which cost ~15% of a relayed call's CPU;
-//! see docs/decisions.md).
+//! The HTTP client for upstream calls: hyper's client connections (HTTP/1.1
+//! keep-alive, HTTP/2 where TLS negotiates it) over rustls, kept in a small
+//! pool per serving thread ("lane").
 //!
-//! One pool per serving thread ("lane"): a connection's task runs on the
-//! runtime that opened it, so a call made on one serving thread over another
-//! thread's connection would hand every request and response across threads.
+//! hyper-util's pooled client did the same with more machinery than a relay
+//! needs: its checkout, SipHash pool keys, a formatted `Host` per request and
+//! a task spawned per HTTP/1 request to put the connection back cost ~7 % of
+//! a relayed call's instructions (docs/performance.md). Here an HTTP/1
+//! connection goes back to its lane's idle list when its response body ends,
+//! and one HTTP/2 connection per origin is shared.
+//!
+//! One pool per lane: a connection's task runs on the runtime that opened it,
+//! so a call made on one serving thread over another thread's connection
+//! would hand every request and response across threads.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::{BodyDataStream, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::Mutex;
+use tower::ServiceExt;
+
+use crate::util::FastMap;
 
 /// Body of an upstream request.
 pub type ReqBody = Full<Bytes>;
 
-/// A streamed upstream body.
-pub type BodyStream = BodyDataStream<Incoming>;
+/// An upstream response.
+pub type Response = axum::http::Response<UpstreamBody>;
 
 /// Why an upstream request failed before a response head arrived.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +54,10 @@ pub enum UpstreamError {
     Build(String),
 }
 
-type Pool = Client<HttpsConnector<HttpConnector>, ReqBody>;
+/// HTTP/1 connections left idle longer than this are closed, not reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle HTTP/1 connections kept per origin and lane.
+const MAX_IDLE: usize = 1024;
 
 thread_local! {
     /// This thread's lane: 0 off the serving threads, 1.. on them.
@@ -53,15 +70,88 @@ pub fn enter_lane(lane: usize) {
     LANE.with(|l| l.set(lane));
 }
 
-/// The pooled client: one pool per serving thread, one for the rest.
-#[derive(Clone, Debug)]
+/// Where connections go: scheme and authority (`https`, `api.openai.com`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Origin {
+    https: bool,
+    authority: Authority,
+}
+
+/// An HTTP/1 connection at rest.
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// One lane's connections.
+#[derive(Default)]
+struct Pool {
+    /// HTTP/1 connections at rest, per origin, most recently used last.
+    idle: FastMap<Origin, Vec<Idle>>,
+    /// One multiplexed HTTP/2 connection per origin.
+    shared: FastMap<Origin, http2::SendRequest<ReqBody>>,
+}
+
+impl Pool {
+    /// The most recently used idle HTTP/1 connection that is still open.
+    fn take(&mut self, origin: &Origin) -> Option<http1::SendRequest<ReqBody>> {
+        let list = self.idle.get_mut(origin)?;
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, origin: Origin, tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let list = self.idle.entry(origin).or_default();
+        // The oldest are first: those past the timeout go (they would not be
+        // reused anyway, and their upstream may have closed them already).
+        let stale = list
+            .iter()
+            .take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+            .count();
+        list.drain(..stale);
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A connection for one request.
+enum Conn {
+    H1 {
+        tx: http1::SendRequest<ReqBody>,
+        reused: bool,
+    },
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// The upstream client: one connector (TLS roots loaded once), one pool per
+/// lane (index 0: threads that are not serving threads).
+#[derive(Clone)]
 pub struct Upstream {
-    serving: std::sync::Arc<[Pool]>,
-    other: Pool,
+    connector: HttpsConnector<HttpConnector>,
+    pools: Arc<[Mutex<Pool>]>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("pools", &self.pools.len())
+            .finish()
+    }
 }
 
 impl Upstream {
-    /// Clients with keep-alive pooling, TCP_NODELAY and a connect timeout;
+    /// A client with keep-alive pooling, TCP_NODELAY and a connect timeout;
     /// TLS verified against the platform's roots.
     pub fn new(
         connect_timeout: Duration,
@@ -71,30 +161,24 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        // One connector (TLS roots loaded once), one pool per lane.
-        let https = HttpsConnectorBuilder::new()
+        let connector = HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
             .map_err(|e| UpstreamError::Build(format!("TLS roots: {e}")))?
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let pool = || {
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1024)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build(https.clone())
-        };
         Ok(Upstream {
-            serving: (0..serving_threads).map(|_| pool()).collect(),
-            other: pool(),
+            connector,
+            pools: (0..=serving_threads).map(|_| Mutex::default()).collect(),
         })
     }
 
-    fn client(&self) -> &Pool {
-        // Lane 0 wraps to an index no thread has.
-        let lane = LANE.with(Cell::get).wrapping_sub(1);
-        self.serving.get(lane).unwrap_or(&self.other)
+    fn lane(&self) -> usize {
+        // A lane number beyond the pools (a server with fewer threads in the
+        // same process) shares pool 0.
+        let lane = LANE.with(Cell::get);
+        if lane < self.pools.len() { lane } else { 0 }
     }
 
     /// POSTs `body` to `uri` with `headers` (plus a JSON content type).
@@ -103,7 +187,14 @@ impl Upstream {
         uri: Uri,
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
+        let origin = match (uri.scheme(), uri.authority()) {
+            (Some(s), Some(a)) if *s == Scheme::HTTP || *s == Scheme::HTTPS => Origin {
+                https: *s == Scheme::HTTPS,
+                authority: a.clone(),
+            },
+            _ => return Err(UpstreamError::Build(format!("not an http(s) URL: {uri}"))),
+        };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
@@ -115,17 +206,220 @@ impl Upstream {
         for (k, v) in headers {
             h.insert(k, v);
         }
-        self.client().request(req).await.map_err(|e| {
-            if e.is_connect() {
-                UpstreamError::Connect(e.to_string())
-            } else {
-                UpstreamError::Request(e.to_string())
+        let lane = self.lane();
+        loop {
+            match self.checkout(lane, &origin).await? {
+                Conn::H2(mut tx) => {
+                    return tx
+                        .send_request(req)
+                        .await
+                        .map(|r| r.map(UpstreamBody::done))
+                        .map_err(|e| UpstreamError::Request(e.to_string()));
+                }
+                Conn::H1 { mut tx, reused } => {
+                    match tx.try_send_request(origin_form(req, &origin)).await {
+                        Ok(r) => {
+                            let back = Back {
+                                tx,
+                                origin,
+                                pools: self.pools.clone(),
+                                lane,
+                            };
+                            return Ok(r.map(|inner| UpstreamBody {
+                                inner,
+                                back: Some(back),
+                            }));
+                        }
+                        // A kept connection the upstream closed before it
+                        // took the request: the request was not sent, so it
+                        // goes again on another connection.
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) if reused => req = absolute_form(unsent, &origin)?,
+                            _ => return Err(UpstreamError::Request(e.into_error().to_string())),
+                        },
+                    }
+                }
             }
-        })
+        }
+    }
+
+    /// A ready connection to `origin`: a kept one, or a new one.
+    async fn checkout(&self, lane: usize, origin: &Origin) -> Result<Conn, UpstreamError> {
+        let shared = self.pools[lane].lock().shared.get(origin).cloned();
+        if let Some(mut tx) = shared {
+            if tx.ready().await.is_ok() {
+                return Ok(Conn::H2(tx));
+            }
+            self.pools[lane].lock().shared.remove(origin);
+        }
+        loop {
+            let kept = self.pools[lane].lock().take(origin);
+            let Some(mut tx) = kept else { break };
+            // Ready once its task has read the previous response to the end.
+            if tx.ready().await.is_ok() {
+                return Ok(Conn::H1 { tx, reused: true });
+            }
+        }
+        // Boxed: connecting (TLS, HTTP/2 handshake) is rare and its future
+        // is large; inline, it made every call's future ~11 KB bigger, and
+        // axum copies a handler's future when it boxes it.
+        Box::pin(self.connect(lane, origin)).await
+    }
+
+    /// Opens a connection; its task runs on this thread's runtime until the
+    /// upstream or the pool lets it go (not tracked for shutdown: an idle
+    /// connection must not hold the process up).
+    async fn connect(&self, lane: usize, origin: &Origin) -> Result<Conn, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(if origin.https {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            })
+            .authority(origin.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Build(e.to_string()))?;
+        let io = self
+            .connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        if io.connected().is_negotiated_h2() {
+            let mut h2 = http2::Builder::new(TokioExecutor::new());
+            h2.timer(TokioTimer::new());
+            let (tx, conn) = h2
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            self.pools[lane]
+                .lock()
+                .shared
+                .insert(origin.clone(), tx.clone());
+            Ok(Conn::H2(tx))
+        } else {
+            let (tx, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Conn::H1 { tx, reused: false })
+        }
+    }
+}
+
+/// An HTTP/1 request as it goes on the wire: the path alone in the request
+/// line, the authority in `Host` (without a default port, as browsers and
+/// curl send it).
+fn origin_form(mut req: Request<ReqBody>, origin: &Origin) -> Request<ReqBody> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    if !req.headers().contains_key(header::HOST) {
+        let a = &origin.authority;
+        let default_port = matches!(
+            (origin.https, a.port_u16()),
+            (true, Some(443)) | (false, Some(80))
+        );
+        let host = if default_port || a.as_str().contains('@') {
+            match a.port_u16() {
+                Some(p) if !default_port => format!("{}:{p}", a.host()),
+                _ => a.host().to_string(),
+            }
+        } else {
+            a.as_str().to_string()
+        };
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    req
+}
+
+/// Back from [`origin_form`], for a retry on a connection of either kind.
+fn absolute_form(
+    mut req: Request<ReqBody>,
+    origin: &Origin,
+) -> Result<Request<ReqBody>, UpstreamError> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(if origin.https {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    parts.authority = Some(origin.authority.clone());
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Build(e.to_string()))?;
+    req.headers_mut().remove(header::HOST);
+    Ok(req)
+}
+
+/// An HTTP/1 connection on loan to a response body.
+struct Back {
+    tx: http1::SendRequest<ReqBody>,
+    origin: Origin,
+    pools: Arc<[Mutex<Pool>]>,
+    lane: usize,
+}
+
+/// An upstream response body. An HTTP/1 connection goes back to its lane's
+/// pool when the body has been read to its end; a body dropped before its
+/// end takes the connection with it (hyper closes it).
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<Back>,
+}
+
+impl UpstreamBody {
+    /// A body with no connection to give back (HTTP/2).
+    fn done(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, back: None }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(b) = this.back.take() {
+                    b.pools[b.lane].lock().put(b.origin, b.tx);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 /// The response body as a stream of data chunks.
-pub fn body_stream(resp: Response<Incoming>) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
+pub fn body_stream(resp: Response) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
     BodyDataStream::new(resp.into_body())
 }
