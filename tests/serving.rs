@@ -99,3 +99,26 @@ async fn a_flush_does_not_wait_out_the_ledger_window() {
     assert_eq!(rows.len(), 1);
     ts.stop().await;
 }
+
+/// A client that opens with HTTP/2's preface (prior knowledge, no TLS) is
+/// served HTTP/2; one that speaks HTTP/1.1 on the same port gets HTTP/1.1.
+#[tokio::test]
+async fn http2_prior_knowledge_and_http1_share_the_port() {
+    let ts = common::spawn_with(Db::Sqlite, |_| {}).await.unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(ts.url("/api/status")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["success"],
+        json!(true)
+    );
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let r = h1.get(ts.url("/api/status")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+    ts.stop().await;
+}

@@ -18,8 +18,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -211,9 +211,12 @@ impl Drop for Open {
 /// Serves the connections handed to this lane until the acceptor stops,
 /// then lets every request in flight finish.
 ///
-/// hyper-util's connection builder rather than `axum::serve` for the limits
-/// axum does not expose: a header read timeout (slow clients cannot hold
-/// connections open forever) and the size of request heads.
+/// hyper's connection builders rather than `axum::serve` for the limits axum
+/// does not expose: a header read timeout (slow clients cannot hold
+/// connections open forever) and the size of request heads. The protocol is
+/// told from the first bytes ([`first_bytes_within`] reads them anyway), so
+/// each connection runs hyper's HTTP/1 or HTTP/2 server directly, without
+/// hyper-util's auto-detecting wrapper around its reads.
 async fn serve_lane(
     mut conns: mpsc::UnboundedReceiver<Handoff>,
     app: Router,
@@ -221,15 +224,12 @@ async fn serve_lane(
     stop: CancellationToken,
     open: Arc<AtomicUsize>,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     while let Some((std_tcp, peer)) = conns.recv().await {
@@ -242,7 +242,7 @@ async fn serve_lane(
             }
         };
         let app = app.clone();
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let graceful_watch = graceful.watcher();
         let stopping = stop.clone();
         tokio::spawn(async move {
@@ -250,13 +250,10 @@ async fn serve_lane(
             // hyper's header timeout starts once the protocol is known; a
             // client that connects and says nothing must not wait forever.
             // Nor may it hold up a shutdown (the watcher counts it already).
-            let spoke = tokio::select! {
-                ok = first_bytes_within(&tcp, limits.header_timeout) => ok,
-                _ = stopping.cancelled() => false,
+            let proto = tokio::select! {
+                p = first_bytes_within(&tcp, limits.header_timeout) => p,
+                _ = stopping.cancelled() => None,
             };
-            if !spoke {
-                return;
-            }
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 // Request ids are ours (they key the ledger): a client's own
@@ -264,10 +261,13 @@ async fn serve_lane(
                 req.headers_mut().remove(REQUEST_ID_HEADER);
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                .into_owned();
-            if let Err(e) = graceful_watch.watch(conn).await {
+            let io = TokioIo::new(tcp);
+            let served = match proto {
+                None => return,
+                Some(Proto::Http1) => graceful_watch.watch(h1.serve_connection(io, svc)).await,
+                Some(Proto::Http2) => graceful_watch.watch(h2.serve_connection(io, svc)).await,
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -275,24 +275,35 @@ async fn serve_lane(
     graceful.shutdown().await;
 }
 
+/// The protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    /// It opened with HTTP/2's preface (prior knowledge, h2c).
+    Http2,
+}
+
 /// Waits until the client has sent enough to tell its protocol (its first
 /// bytes, or the whole HTTP/2 preface if it starts like one), at most `limit`.
-/// False if it closed or stayed silent.
-async fn first_bytes_within(tcp: &TcpStream, limit: Duration) -> bool {
+/// `None` if it closed or stayed silent.
+async fn first_bytes_within(tcp: &TcpStream, limit: Duration) -> Option<Proto> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let sniff = async {
         let mut buf = [0u8; 24];
         loop {
             let n = tcp.peek(&mut buf).await.unwrap_or(0);
             if n == 0 {
-                return false;
+                return None;
             }
-            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
-                return true;
+            if buf[..n] != PREFACE[..n] {
+                return Some(Proto::Http1);
+            }
+            if n == PREFACE.len() {
+                return Some(Proto::Http2);
             }
             // A partial HTTP/2 preface: wait for the rest.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
+    tokio::time::timeout(limit, sniff).await.unwrap_or(None)
 }
