@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::billing::bank::{Committed, Hold, QuotaBank};
-use crate::store::{NewLog, Store, StoreError};
+use crate::store::{Dialect, LedgerPool, NewLog, Store, StoreError, insert_logs_on};
 use crate::util::FastMap;
 
 /// A settled call: its row and who pays.
@@ -242,96 +242,140 @@ fn insert_chunk(len: usize) -> usize {
     CHUNKS.into_iter().find(|c| *c <= len).unwrap_or(1)
 }
 
-/// Commits one batch in one transaction, then tells the bank.
-async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), StoreError> {
-    let mut logs: Vec<&NewLog> = Vec::new();
-    let mut tokens: FastMap<i64, Sums> = FastMap::default();
-    let mut users: FastMap<i64, Sums> = FastMap::default();
-    let mut channels: FastMap<i64, Sums> = FastMap::default();
-    let mut statuses: Vec<(i64, i64)> = Vec::new();
-    // What the bank must move afterwards, per account and generation.
-    let mut bal_tokens: FastMap<(i64, Hold), i64> = FastMap::default();
-    let mut bal_users: FastMap<(i64, Hold), i64> = FastMap::default();
-    for e in batch {
-        match e {
-            Entry::Charge(c) => {
-                logs.push(&c.log);
-                if c.token_limited {
-                    *bal_tokens.entry((c.token_id, c.token_hold)).or_default() += c.quota;
+/// What one batch writes: its rows, the balance sums they imply, system
+/// status changes, and what the bank must move once they are committed.
+#[derive(Default)]
+struct Plan<'a> {
+    logs: Vec<&'a NewLog>,
+    tokens: FastMap<i64, Sums>,
+    users: FastMap<i64, Sums>,
+    channels: FastMap<i64, Sums>,
+    statuses: Vec<(i64, i64)>,
+    /// Per account and generation.
+    bal_tokens: FastMap<(i64, Hold), i64>,
+    bal_users: FastMap<(i64, Hold), i64>,
+}
+
+impl<'a> Plan<'a> {
+    fn of(batch: &'a [Entry]) -> Plan<'a> {
+        let mut p = Plan::default();
+        for e in batch {
+            match e {
+                Entry::Charge(c) => {
+                    p.logs.push(&c.log);
+                    if c.token_limited {
+                        *p.bal_tokens.entry((c.token_id, c.token_hold)).or_default() += c.quota;
+                    }
+                    *p.bal_users.entry((c.user_id, c.user_hold)).or_default() += c.quota;
+                    let t = p.tokens.entry(c.token_id).or_default();
+                    t.quota += c.quota;
+                    if c.token_limited {
+                        t.limited += c.quota;
+                    }
+                    t.count += 1;
+                    t.last = t.last.max(c.log.created_at);
+                    let u = p.users.entry(c.user_id).or_default();
+                    u.quota += c.quota;
+                    u.count += 1;
+                    if c.channel_id > 0 {
+                        let ch = p.channels.entry(c.channel_id).or_default();
+                        ch.quota += c.quota;
+                        ch.count += 1;
+                    }
                 }
-                *bal_users.entry((c.user_id, c.user_hold)).or_default() += c.quota;
-                let t = tokens.entry(c.token_id).or_default();
-                t.quota += c.quota;
-                if c.token_limited {
-                    t.limited += c.quota;
-                }
-                t.count += 1;
-                t.last = t.last.max(c.log.created_at);
-                let u = users.entry(c.user_id).or_default();
-                u.quota += c.quota;
-                u.count += 1;
-                if c.channel_id > 0 {
-                    let ch = channels.entry(c.channel_id).or_default();
-                    ch.quota += c.quota;
-                    ch.count += 1;
-                }
+                Entry::Log(l) => p.logs.push(l),
+                Entry::TokenStatus { id, status } => p.statuses.push((*id, *status)),
+                Entry::Flush(_) => {}
             }
-            Entry::Log(l) => logs.push(l),
-            Entry::TokenStatus { id, status } => statuses.push((*id, *status)),
-            Entry::Flush(_) => {}
+        }
+        p
+    }
+
+    fn committed(&self) -> Committed {
+        let moves = |m: &FastMap<(i64, Hold), i64>| {
+            m.iter()
+                .filter(|(_, q)| **q != 0)
+                .map(|((id, g), q)| (*id, *g, *q))
+                .collect()
+        };
+        Committed {
+            tokens: moves(&self.bal_tokens),
+            users: moves(&self.bal_users),
         }
     }
-    if logs.is_empty() && statuses.is_empty() {
+}
+
+/// Commits one batch in one transaction, then tells the bank.
+async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), StoreError> {
+    let plan = Plan::of(batch);
+    if plan.logs.is_empty() && plan.statuses.is_empty() {
         return Ok(());
     }
-    let mut tx = store.ledger_pool().begin().await?;
-    let mut rest = &logs[..];
+    match store.ledger_pool() {
+        LedgerPool::Sqlite(pool) => write(pool, store.dialect(), bank, &plan).await,
+        LedgerPool::Any(pool) => write(pool, store.dialect(), bank, &plan).await,
+    }
+}
+
+/// Writes `plan` in one transaction on `pool`, whichever database it is.
+async fn write<DB>(
+    pool: &sqlx::Pool<DB>,
+    dialect: Dialect,
+    bank: &QuotaBank,
+    plan: &Plan<'_>,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let q = |sql: &str| sqlx::query::<DB>(sqlx::AssertSqlSafe(dialect.sql(sql)));
+    let mut tx = pool.begin().await?;
+    let mut rest = &plan.logs[..];
     while !rest.is_empty() {
         let n = insert_chunk(rest.len());
-        store.insert_logs_in(&mut tx, &rest[..n]).await?;
+        insert_logs_on::<DB>(&mut tx, dialect, &rest[..n]).await?;
         rest = &rest[n..];
     }
-    for (id, s) in &tokens {
+    for (id, s) in &plan.tokens {
         // `status` first: MySQL evaluates SET left to right with new values.
-        store
-            .q("UPDATE tokens SET \
-                status = CASE WHEN status = 1 AND unlimited_quota = 0 AND remain_quota - ? <= 0 THEN 4 ELSE status END, \
-                remain_quota = remain_quota - ?, used_quota = used_quota + ?, \
-                request_count = request_count + ?, accessed_time = ? WHERE id = ?")
-            .bind(s.limited)
-            .bind(s.limited)
-            .bind(s.quota)
-            .bind(s.count)
-            .bind(s.last)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
+        q("UPDATE tokens SET \
+            status = CASE WHEN status = 1 AND unlimited_quota = 0 AND remain_quota - ? <= 0 THEN 4 ELSE status END, \
+            remain_quota = remain_quota - ?, used_quota = used_quota + ?, \
+            request_count = request_count + ?, accessed_time = ? WHERE id = ?")
+        .bind(s.limited)
+        .bind(s.limited)
+        .bind(s.quota)
+        .bind(s.count)
+        .bind(s.last)
+        .bind(*id)
+        .execute(&mut *tx)
+        .await?;
     }
-    for (id, s) in &users {
-        store
-            .q(
-                "UPDATE users SET quota = quota - ?, used_quota = used_quota + ?, \
-                request_count = request_count + ? WHERE id = ?",
-            )
-            .bind(s.quota)
-            .bind(s.quota)
-            .bind(s.count)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
+    for (id, s) in &plan.users {
+        q(
+            "UPDATE users SET quota = quota - ?, used_quota = used_quota + ?, \
+            request_count = request_count + ? WHERE id = ?",
+        )
+        .bind(s.quota)
+        .bind(s.quota)
+        .bind(s.count)
+        .bind(*id)
+        .execute(&mut *tx)
+        .await?;
     }
-    for (id, s) in &channels {
-        store
-            .q("UPDATE channels SET used_quota = used_quota + ?, request_count = request_count + ? WHERE id = ?")
+    for (id, s) in &plan.channels {
+        q("UPDATE channels SET used_quota = used_quota + ?, request_count = request_count + ? WHERE id = ?")
             .bind(s.quota)
             .bind(s.count)
             .bind(*id)
             .execute(&mut *tx)
             .await?;
     }
-    for (id, status) in &statuses {
-        store
-            .q("UPDATE tokens SET status = ? WHERE id = ? AND status = 1")
+    for (id, status) in &plan.statuses {
+        q("UPDATE tokens SET status = ? WHERE id = ? AND status = 1")
             .bind(*status)
             .bind(*id)
             .execute(&mut *tx)
@@ -340,19 +384,7 @@ async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), 
     // Commit and update the bank as one step for anyone reading balances.
     let _g = bank.commit_guard().await;
     tx.commit().await?;
-    bank.committed(&Committed {
-        tokens: bal_tokens
-            .into_iter()
-            .filter(|(_, q)| *q != 0)
-            .map(|((id, g), q)| (id, g, q))
-            .collect(),
-        users: bal_users
-            .into_iter()
-            .filter(|(_, q)| *q != 0)
-            .map(|((id, g), q)| (id, g, q))
-            .collect(),
-    })
-    .await;
+    bank.committed(&plan.committed()).await;
     Ok(())
 }
 

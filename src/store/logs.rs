@@ -1,10 +1,10 @@
 //! The ledger table: one row per call, top-up, management act or error.
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::users::FilterArg;
-use super::{Store, StoreResult, flag};
+use super::{Dialect, Store, StoreResult, flag};
 
 /// Log types (SPEC §8).
 pub mod log_type {
@@ -174,6 +174,56 @@ fn bind_log(q: LogQuery, l: &NewLog) -> LogQuery {
         .bind(l.other.clone())
 }
 
+/// Inserts `rows` with one statement on `conn` (the ledger's transaction),
+/// for any sqlx database: natively on SQLite, through `sqlx::Any` otherwise.
+/// Values are bound by reference: each is copied once, into the arguments.
+pub async fn insert_logs_on<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    rows: &[&NewLog],
+) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let head = INSERT_LOG
+        .split_once("VALUES")
+        .map(|(h, _)| h)
+        .unwrap_or(INSERT_LOG);
+    let sql = format!("{head}VALUES {}", vec![one; rows.len()].join(", "));
+    let mut q = sqlx::query::<DB>(AssertSqlSafe(dialect.sql(&sql)));
+    for l in rows {
+        q = q
+            .bind(l.created_at)
+            .bind(l.log_type)
+            .bind(l.content.as_str())
+            .bind(l.user_id)
+            .bind(l.username.as_str())
+            .bind(l.token_id)
+            .bind(l.token_name.as_str())
+            .bind(l.model_name.as_str())
+            .bind(l.channel_id)
+            .bind(l.prompt_tokens)
+            .bind(l.completion_tokens)
+            .bind(l.quota)
+            .bind(l.use_time)
+            .bind(l.is_stream as i64)
+            .bind(l.ip.as_str())
+            .bind(l.group.as_str())
+            .bind(l.request_id.as_str())
+            .bind(l.other.as_str());
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
 impl Store {
     fn insert_log_query(&self, l: &NewLog) -> LogQuery {
         bind_log(self.q(INSERT_LOG), l)
@@ -192,29 +242,6 @@ impl Store {
         l: &NewLog,
     ) -> StoreResult<()> {
         self.insert_log_query(l).execute(&mut **tx).await?;
-        Ok(())
-    }
-
-    /// Inserts many rows with one statement inside a caller's transaction.
-    pub async fn insert_logs_in(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        rows: &[&NewLog],
-    ) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        let head = INSERT_LOG
-            .split_once("VALUES")
-            .map(|(h, _)| h)
-            .unwrap_or(INSERT_LOG);
-        let sql = format!("{head}VALUES {}", vec![one; rows.len()].join(", "));
-        let mut q = self.q(&sql);
-        for l in rows {
-            q = bind_log(q, l);
-        }
-        q.execute(&mut **tx).await?;
         Ok(())
     }
 
