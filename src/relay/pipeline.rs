@@ -391,7 +391,7 @@ async fn log_failure(state: &SharedState, call: &Call, tab: &Tab, err: &RelayErr
             model_name: call.model.clone(),
             channel_id: tab.tried.last().copied().unwrap_or(0),
             is_stream: call.stream,
-            ip: call.caller.ip.to_string(),
+            ip: crate::util::ip_text(call.caller.ip),
             group: call.caller.group.clone(),
             request_id: call.request_id.clone(),
             other: other.to_string(),

@@ -105,7 +105,7 @@ impl Tab {
             username: call.caller.user.username.clone(),
             group: call.caller.group.clone(),
             model: call.model.clone(),
-            ip: call.caller.ip.to_string(),
+            ip: crate::util::ip_text(call.caller.ip),
             request_id: call.request_id.clone(),
             request_path: call.path.clone(),
             client: call.client.clone(),
