@@ -282,23 +282,39 @@ async fn wrong_method(
     r
 }
 
-/// The full router with its layers.
-pub fn app(state: SharedState) -> Router {
+/// What serves every request: the router inside the layers every request
+/// passes. The layers wrap the whole router rather than each route
+/// (`Router::layer`): axum clones a route's boxed service for every request,
+/// and each layer applied per route added boxes to that clone (15 allocations
+/// a call). Unknown routes get request ids too.
+pub fn app(
+    state: SharedState,
+) -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
     let max_body = state.config.max_body_bytes;
     let body_timeout_ms = state.config.client_body_timeout_ms;
     let header = HeaderName::from_static(REQUEST_ID_HEADER);
-    Router::new()
+    let router = Router::new()
         .merge(crate::api::router())
         .merge(crate::relay::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state);
+    tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(header.clone(), RequestIds::new()))
+        .layer(PropagateRequestIdLayer::new(header))
         .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
             std::time::Duration::from_millis(body_timeout_ms.max(1)),
         ))
-        .layer(PropagateRequestIdLayer::new(header.clone()))
-        .layer(SetRequestIdLayer::new(header, RequestIds::new()))
+        .layer(DefaultBodyLimit::max(max_body))
+        .service(router)
 }
 
 /// A server running in the background (used by `main` and by tests).

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::server::conn::{http1, http2};
@@ -49,6 +48,31 @@ impl From<&Config> for ConnLimits {
 }
 
 type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// What serves the requests of a connection ([`super::app`]).
+pub(super) trait App:
+    tower::Service<
+        Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> App for T where
+    T: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// One serving thread, seen from the acceptor.
 struct Lane {
@@ -91,12 +115,16 @@ impl Lanes {
     }
 
     /// Starts `n` serving threads for `app` (`Config::serve_threads`, at least one).
-    pub(super) fn start(
+    pub(super) fn start<A>(
         n: usize,
-        app: Router,
+        app: A,
         limits: ConnLimits,
         stop: CancellationToken,
-    ) -> std::io::Result<Lanes> {
+    ) -> std::io::Result<Lanes>
+    where
+        A: App,
+        A::Future: Send + 'static,
+    {
         let release = CancellationToken::new();
         let mut lanes = Vec::with_capacity(n);
         for lane in 1..=n {
@@ -217,13 +245,16 @@ impl Drop for Open {
 /// told from the first bytes ([`first_bytes_within`] reads them anyway), so
 /// each connection runs hyper's HTTP/1 or HTTP/2 server directly, without
 /// hyper-util's auto-detecting wrapper around its reads.
-async fn serve_lane(
+async fn serve_lane<A>(
     mut conns: mpsc::UnboundedReceiver<Handoff>,
-    app: Router,
+    app: A,
     limits: ConnLimits,
     stop: CancellationToken,
     open: Arc<AtomicUsize>,
-) {
+) where
+    A: App,
+    A::Future: Send + 'static,
+{
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -259,7 +290,7 @@ async fn serve_lane(
                 // Request ids are ours (they key the ledger): a client's own
                 // is dropped, not adopted.
                 req.headers_mut().remove(REQUEST_ID_HEADER);
-                app.clone().oneshot(req.map(axum::body::Body::new))
+                app.clone().oneshot(req)
             });
             let io = TokioIo::new(tcp);
             let served = match proto {
