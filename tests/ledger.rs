@@ -732,3 +732,56 @@ async fn shutdown_flushes_the_queue() {
     db.drop_db().await;
     drop(dir);
 }
+
+/// Text the ledger cannot take as is: a NUL (PostgreSQL refuses it in text;
+/// unhandled, the batch failed and was retried forever) and the characters
+/// PostgreSQL's COPY escapes. A pinned admin call may name any model, so the
+/// row's model name carries all of them; it is stored with U+FFFD for the
+/// NUL and the rest verbatim, and the ledger goes on committing.
+#[tokio::test]
+async fn awkward_text_is_stored_on_sqlite() {
+    awkward_text_is_stored(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn awkward_text_is_stored_on_postgres() {
+    awkward_text_is_stored(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn awkward_text_is_stored_on_mysql() {
+    awkward_text_is_stored(Db::Mysql).await;
+}
+
+async fn awkward_text_is_stored(db: Db) {
+    let Some(ts) = spawn_on(db).await else { return };
+    let mock = common::relay::mock().await;
+    let ch = ts.mock_channel(&mock, "ok", "gpt-4o", 0).await;
+    ts.set_option("SelfUseModeEnabled", "true").await;
+    let admin = ts.fast_user("boss", 10).await;
+    ts.give_quota(&admin, 1_000_000).await;
+    let (_, key) = ts
+        .key(&admin, json!({"name": "k", "unlimited_quota": true}))
+        .await;
+    let model = "m\u{0}x\ty\\z\nw\r'\"q";
+    let r = ts
+        .relay(
+            &format!("{key}-{ch}"),
+            "/v1/chat/completions",
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = ts.chat(&key, "gpt-4o", 5).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let flushed = tokio::time::timeout(std::time::Duration::from_secs(30), ts.flush()).await;
+    assert!(flushed.is_ok(), "the ledger is stuck on the batch");
+    let rows = ts.all_logs(&admin, "/api/log/self?type=2").await;
+    let mut names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["model_name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["gpt-4o", "m\u{FFFD}x\ty\\z\nw\r'\"q"]);
+    ts.stop().await;
+}

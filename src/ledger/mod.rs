@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::billing::bank::{Committed, Hold, QuotaBank};
-use crate::store::{Dialect, LedgerPool, NewLog, Store, StoreError, insert_logs_on};
+use crate::store::{Dialect, LedgerPool, LedgerRows, NewLog, Store, StoreError};
 use crate::util::FastMap;
 
 /// A settled call: its row and who pays.
@@ -233,15 +233,6 @@ struct Sums {
     last: i64,
 }
 
-/// Rows per multi-row INSERT. Only these few sizes are used, so each has
-/// one prepared statement that is reused: preparing a fresh statement for
-/// every batch size cost more than inserting the rows.
-const CHUNKS: [usize; 4] = [256, 32, 8, 1];
-
-fn insert_chunk(len: usize) -> usize {
-    CHUNKS.into_iter().find(|c| *c <= len).unwrap_or(1)
-}
-
 /// What one batch writes: its rows, the balance sums they imply, system
 /// status changes, and what the bank must move once they are committed.
 #[derive(Default)]
@@ -313,6 +304,7 @@ async fn commit(store: &Store, bank: &QuotaBank, batch: &[Entry]) -> Result<(), 
     }
     match store.ledger_pool() {
         LedgerPool::Sqlite(pool) => write(pool, store.dialect(), bank, &plan).await,
+        LedgerPool::Postgres(pool) => write(pool, store.dialect(), bank, &plan).await,
         LedgerPool::Any(pool) => write(pool, store.dialect(), bank, &plan).await,
     }
 }
@@ -325,7 +317,7 @@ async fn write<DB>(
     plan: &Plan<'_>,
 ) -> Result<(), StoreError>
 where
-    DB: sqlx::Database,
+    DB: LedgerRows,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -333,12 +325,7 @@ where
 {
     let q = |sql: &str| sqlx::query::<DB>(sqlx::AssertSqlSafe(dialect.sql(sql)));
     let mut tx = pool.begin().await?;
-    let mut rest = &plan.logs[..];
-    while !rest.is_empty() {
-        let n = insert_chunk(rest.len());
-        insert_logs_on::<DB>(&mut tx, dialect, &rest[..n]).await?;
-        rest = &rest[n..];
-    }
+    DB::insert_rows(&mut tx, dialect, &plan.logs).await?;
     for (id, s) in &plan.tokens {
         // `status` first: MySQL evaluates SET left to right with new values.
         q("UPDATE tokens SET \

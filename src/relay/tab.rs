@@ -55,6 +55,16 @@ struct Other<'a> {
     client_disconnected: bool,
 }
 
+/// `other` as JSON text, written into a buffer sized for a typical row
+/// (~300 bytes), so it is not regrown on the way.
+fn other_json(other: &Other<'_>) -> String {
+    let mut buf = Vec::with_capacity(384);
+    match serde_json::to_writer(&mut buf, other) {
+        Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| "{}".into()),
+        Err(_) => "{}".into(),
+    }
+}
+
 /// Settlement state of one call.
 pub struct Tab {
     pub state: SharedState,
@@ -217,7 +227,7 @@ impl Tab {
             ip: std::mem::take(&mut self.ip),
             group: std::mem::take(&mut self.group),
             request_id: self.request_id.clone(),
-            other: serde_json::to_string(&other).unwrap_or_else(|_| "{}".into()),
+            other: other_json(&other),
         };
         Some(Entry::Charge(Box::new(Charge {
             log,
