@@ -213,7 +213,7 @@ impl Upstream {
                     return tx
                         .send_request(req)
                         .await
-                        .map(|r| r.map(UpstreamBody::done))
+                        .map(|r| r.map(UpstreamBody::unpooled))
                         .map_err(|e| UpstreamError::Request(e.to_string()));
                 }
                 Conn::H1 { mut tx, reused } => {
@@ -383,7 +383,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// A body with no connection to give back (HTTP/2).
-    fn done(inner: Incoming) -> UpstreamBody {
+    fn unpooled(inner: Incoming) -> UpstreamBody {
         UpstreamBody { inner, back: None }
     }
 }
