@@ -38,7 +38,8 @@ impl Account {
     }
 }
 
-type Accounts = DashMap<i64, Arc<Mutex<Account>>>;
+/// Keyed by id; foldhash rather than SipHash (two lookups a call).
+type Accounts = DashMap<i64, Arc<Mutex<Account>>, foldhash::fast::RandomState>;
 
 /// Which balance refused a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

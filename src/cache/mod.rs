@@ -84,8 +84,10 @@ impl Expiry<[u8; 32], Option<Arc<TokenEntry>>> for Ttl {
 
 /// The relay's caches.
 pub struct Caches {
-    tokens: Cache<[u8; 32], Option<Arc<TokenEntry>>>,
-    users: Cache<i64, Arc<User>>,
+    // foldhash rather than SipHash: the keys are ids and SHA-256 outputs a
+    // client cannot steer, and the seed is random per process.
+    tokens: Cache<[u8; 32], Option<Arc<TokenEntry>>, foldhash::fast::RandomState>,
+    users: Cache<i64, Arc<User>, foldhash::fast::RandomState>,
 }
 
 impl Caches {
@@ -95,11 +97,11 @@ impl Caches {
             tokens: Cache::builder()
                 .max_capacity(200_000)
                 .expire_after(Ttl(ttl))
-                .build(),
+                .build_with_hasher(Default::default()),
             users: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl.positive)
-                .build(),
+                .build_with_hasher(Default::default()),
         }
     }
 
