@@ -102,7 +102,11 @@ pub async fn serve(
     }
     .await;
     match prepared {
-        Ok(call) => pipeline::forward(&state, call).await,
+        // Boxed, as is each attempt (pipeline::run): rustc lays out a nested
+        // future with room for each awaited future beside the others, and
+        // unboxed this door's future was 31 KB in the release build, which
+        // axum allocates and copies on every call; boxed it is ~3 KB.
+        Ok(call) => Box::pin(pipeline::forward(&state, call)).await,
         Err(e) => e.into_dialect(door.dialect, &rid),
     }
 }
@@ -220,6 +224,29 @@ pub fn prompt_upper_bound(body: &[u8]) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every relayed call allocates and copies its door's future: kept small
+    /// by boxing the pipeline. (The test build lays futures out tighter than
+    /// the release build: 3.0 KB boxed, 6.1 KB unboxed, against 3.3 KB and
+    /// 31 KB in release.)
+    #[tokio::test]
+    async fn a_relay_call_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let (state, _writer) = crate::server::build_state(config).await.unwrap();
+        let door = Door {
+            endpoint: Endpoint::ChatCompletions,
+            dialect: Dialect::OpenAi,
+            name: "openai",
+        };
+        let req = axum::extract::Request::new(axum::body::Body::empty());
+        let fut = serve(state, req, door, |_| Err(errors::bad_request("unused")));
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 4 * 1024, "a relay call's future is {size} bytes");
+    }
 
     #[test]
     fn prompt_bound_counts_bytes_but_not_inline_images() {

@@ -104,7 +104,8 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
         };
         let Some(ch) = ch else { break };
         tab.tried.push(ch.id);
-        match attempt(state, &call, &ch, tab).await {
+        // Boxed for the size of `run`'s future (see `relay::serve`).
+        match Box::pin(attempt(state, &call, &ch, tab)).await {
             Ok(resp) => return Ok(resp),
             Err((e, back)) => {
                 tab = back;
