@@ -12,15 +12,18 @@
 #   bench/instructions.sh             # check against the recorded figure
 #   bench/instructions.sh --record    # write the new figure (a deliberate commit)
 #   bench/instructions.sh --release   # print the release build's count (docs/performance.md)
+#   bench/instructions.sh --profiling # the same build with symbols, and where its
+#                                     # callgrind dump is, to find what a count is made of
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RECORD=0; RELEASE=0
+RECORD=0; RELEASE=0; PROFILING=0
 case "${1:-}" in
   --record) RECORD=1 ;;
   --release) RELEASE=1 ;;
+  --profiling) RELEASE=1; PROFILING=1 ;;
   "") ;;
-  *) echo "usage: $0 [--record|--release]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--record|--release|--profiling]" >&2; exit 2 ;;
 esac
 CALLS=${CALLS:-500}
 LIMIT_PCT=15
@@ -29,14 +32,17 @@ FIGURE=bench/instructions.txt
 if ! command -v valgrind >/dev/null 2>&1; then
   apt-get install -y -q valgrind >/dev/null
 fi
-if [ "$RELEASE" = 1 ]; then
+if [ "$PROFILING" = 1 ]; then
+  cargo build --profile profiling --bins -q
+  BIN=${CARGO_TARGET_DIR:-target}/profiling
+elif [ "$RELEASE" = 1 ]; then
   cargo build --release --bins -q
-  BIN=target/release
+  BIN=${CARGO_TARGET_DIR:-target}/release
 else
   # The test build's binaries (the same features and flags as `cargo test`,
   # so after the test run this builds nothing).
   cargo test --no-run -q
-  BIN=target/debug
+  BIN=${CARGO_TARGET_DIR:-target}/debug
 fi
 WORK=$(mktemp -d /tmp/sluice-icount.XXXXXX)
 MOCK_PORT=18091; SLUICE_PORT=18093
@@ -83,6 +89,9 @@ PER=$(( TOTAL / CALLS ))
 
 if [ "$RELEASE" = 1 ]; then
   echo "instructions per relayed call (release build): $PER"
+  if [ "$PROFILING" = 1 ]; then
+    echo "callgrind dump: $DUMP (callgrind_annotate --threshold=100 --inclusive=yes $DUMP)"
+  fi
   exit 0
 fi
 if [ "$RECORD" = 1 ]; then
@@ -95,6 +104,6 @@ MAX=$(( BASE * (100 + LIMIT_PCT) / 100 ))
 echo "instructions per relayed call: $PER (recorded $BASE, limit $MAX)"
 if [ "$PER" -gt "$MAX" ]; then
   echo "FAIL: the hot path grew more than ${LIMIT_PCT}% over bench/instructions.txt;" \
-       "find the cost (bench/README.md) or, if it is deliberate, record the new figure with --record" >&2
+       "find the cost (docs/performance.md, Method: callgrind on the release build with symbols) or, if it is deliberate, record the new figure with --record" >&2
   exit 1
 fi
