@@ -7,7 +7,7 @@
 //! a task spawned per HTTP/1 request to put the connection back cost ~7 % of
 //! a relayed call's instructions (docs/performance.md). Here an HTTP/1
 //! connection goes back to its lane's idle list when its response body ends,
-//! and one HTTP/2 connection per origin is shared.
+//! and HTTP/2 connections are shared, up to [`MAX_STREAMS`] calls each.
 //!
 //! One pool per lane: a connection's task runs on the runtime that opened it,
 //! so a call made on one serving thread over another thread's connection
@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use futures_util::Stream;
 use http_body_util::{BodyDataStream, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
+use hyper_rustls::builderstates::WantsSchemes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -58,6 +60,11 @@ pub enum UpstreamError {
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle HTTP/1 connections kept per origin and lane.
 const MAX_IDLE: usize = 1024;
+/// Calls in flight on one HTTP/2 connection before another is opened. Past
+/// the server's own stream limit hyper queues calls on the connection, and
+/// LLM calls last seconds to minutes; RFC 9113 asks servers to allow at
+/// least 100.
+pub const MAX_STREAMS: usize = 100;
 
 thread_local! {
     /// This thread's lane: 0 off the serving threads, 1.. on them.
@@ -88,8 +95,32 @@ struct Idle {
 struct Pool {
     /// HTTP/1 connections at rest, per origin, most recently used last.
     idle: FastMap<Origin, Vec<Idle>>,
-    /// One multiplexed HTTP/2 connection per origin.
-    shared: FastMap<Origin, http2::SendRequest<ReqBody>>,
+    /// Multiplexed HTTP/2 connections per origin.
+    shared: FastMap<Origin, Vec<H2>>,
+}
+
+/// An HTTP/2 connection and the calls in flight on it.
+#[derive(Clone)]
+struct H2 {
+    tx: http2::SendRequest<ReqBody>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl H2 {
+    /// Counts one more call on the connection until the slot is dropped.
+    fn slot(&self) -> Slot {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Slot(self.streams.clone())
+    }
+}
+
+/// One call's place on an HTTP/2 connection.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -102,6 +133,16 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// An open HTTP/2 connection with room for one more call, counted.
+    fn h2(&mut self, origin: &Origin) -> Option<(http2::SendRequest<ReqBody>, Slot)> {
+        let list = self.shared.get_mut(origin)?;
+        list.retain(|c| !c.tx.is_closed());
+        let c = list
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS)?;
+        Some((c.tx.clone(), c.slot()))
     }
 
     fn put(&mut self, origin: Origin, tx: http1::SendRequest<ReqBody>) {
@@ -131,7 +172,7 @@ enum Conn {
         tx: http1::SendRequest<ReqBody>,
         reused: bool,
     },
-    H2(http2::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>, Slot),
 }
 
 /// The upstream client: one connector (TLS roots loaded once), one pool per
@@ -157,21 +198,41 @@ impl Upstream {
         connect_timeout: Duration,
         serving_threads: usize,
     ) -> Result<Upstream, UpstreamError> {
+        let tls = HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| UpstreamError::Build(format!("TLS roots: {e}")))?;
+        Ok(Upstream::build(tls, connect_timeout, serving_threads))
+    }
+
+    /// The same client verifying TLS with `tls` (roots of one's own, as
+    /// the tests' upstream has); ALPN is set here.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        serving_threads: usize,
+        tls: rustls::ClientConfig,
+    ) -> Upstream {
+        let tls = HttpsConnectorBuilder::new().with_tls_config(tls);
+        Upstream::build(tls, connect_timeout, serving_threads)
+    }
+
+    fn build(
+        tls: HttpsConnectorBuilder<WantsSchemes>,
+        connect_timeout: Duration,
+        serving_threads: usize,
+    ) -> Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let connector = HttpsConnectorBuilder::new()
-            .try_with_platform_verifier()
-            .map_err(|e| UpstreamError::Build(format!("TLS roots: {e}")))?
+        let connector = tls
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(Upstream {
+        Upstream {
             connector,
             pools: (0..=serving_threads).map(|_| Mutex::default()).collect(),
-        })
+        }
     }
 
     fn lane(&self) -> usize {
@@ -209,11 +270,17 @@ impl Upstream {
         let lane = self.lane();
         loop {
             match self.checkout(lane, &origin).await? {
-                Conn::H2(mut tx) => {
+                Conn::H2(mut tx, slot) => {
                     return tx
                         .send_request(req)
                         .await
-                        .map(|r| r.map(UpstreamBody::unpooled))
+                        .map(|r| {
+                            r.map(|inner| UpstreamBody {
+                                inner,
+                                back: None,
+                                slot: Some(slot),
+                            })
+                        })
                         .map_err(|e| UpstreamError::Request(e.to_string()));
                 }
                 Conn::H1 { mut tx, reused } => {
@@ -228,6 +295,7 @@ impl Upstream {
                             return Ok(r.map(|inner| UpstreamBody {
                                 inner,
                                 back: Some(back),
+                                slot: None,
                             }));
                         }
                         // A kept connection the upstream closed before it
@@ -245,12 +313,13 @@ impl Upstream {
 
     /// A ready connection to `origin`: a kept one, or a new one.
     async fn checkout(&self, lane: usize, origin: &Origin) -> Result<Conn, UpstreamError> {
-        let shared = self.pools[lane].lock().shared.get(origin).cloned();
-        if let Some(mut tx) = shared {
+        loop {
+            let shared = self.pools[lane].lock().h2(origin);
+            let Some((mut tx, slot)) = shared else { break };
             if tx.ready().await.is_ok() {
-                return Ok(Conn::H2(tx));
+                return Ok(Conn::H2(tx, slot));
             }
-            self.pools[lane].lock().shared.remove(origin);
+            // Closed meanwhile: the next look drops it from the list.
         }
         loop {
             let kept = self.pools[lane].lock().take(origin);
@@ -298,11 +367,18 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
+            let conn = H2 {
+                tx: tx.clone(),
+                streams: Arc::new(AtomicUsize::new(0)),
+            };
+            let slot = conn.slot();
             self.pools[lane]
                 .lock()
                 .shared
-                .insert(origin.clone(), tx.clone());
-            Ok(Conn::H2(tx))
+                .entry(origin.clone())
+                .or_default()
+                .push(conn);
+            Ok(Conn::H2(tx, slot))
         } else {
             let (tx, conn) = http1::handshake(io)
                 .await
@@ -375,17 +451,12 @@ struct Back {
 
 /// An upstream response body. An HTTP/1 connection goes back to its lane's
 /// pool when the body has been read to its end; a body dropped before its
-/// end takes the connection with it (hyper closes it).
+/// end takes the connection with it (hyper closes it). An HTTP/2 call's
+/// slot is freed at the end too.
 pub struct UpstreamBody {
     inner: Incoming,
     back: Option<Back>,
-}
-
-impl UpstreamBody {
-    /// A body with no connection to give back (HTTP/2).
-    fn unpooled(inner: Incoming) -> UpstreamBody {
-        UpstreamBody { inner, back: None }
-    }
+    slot: Option<Slot>,
 }
 
 impl Body for UpstreamBody {
@@ -403,8 +474,12 @@ impl Body for UpstreamBody {
                 if let Some(b) = this.back.take() {
                     b.pools[b.lane].lock().put(b.origin, b.tx);
                 }
+                this.slot = None;
             }
-            Poll::Ready(Some(Err(_))) => this.back = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.back = None;
+                this.slot = None;
+            }
             _ => {}
         }
         polled
