@@ -100,7 +100,6 @@ struct Pool {
 }
 
 /// An HTTP/2 connection and the calls in flight on it.
-#[derive(Clone)]
 struct H2 {
     tx: http2::SendRequest<ReqBody>,
     streams: Arc<AtomicUsize>,
@@ -313,13 +312,10 @@ impl Upstream {
 
     /// A ready connection to `origin`: a kept one, or a new one.
     async fn checkout(&self, lane: usize, origin: &Origin) -> Result<Conn, UpstreamError> {
-        loop {
-            let shared = self.pools[lane].lock().h2(origin);
-            let Some((mut tx, slot)) = shared else { break };
-            if tx.ready().await.is_ok() {
-                return Ok(Conn::H2(tx, slot));
-            }
-            // Closed meanwhile: the next look drops it from the list.
+        // An HTTP/2 sender is ready exactly when it is open (hyper), which
+        // `h2` checks.
+        if let Some((tx, slot)) = self.pools[lane].lock().h2(origin) {
+            return Ok(Conn::H2(tx, slot));
         }
         loop {
             let kept = self.pools[lane].lock().take(origin);
