@@ -134,6 +134,13 @@ impl Pool {
         None
     }
 
+    /// Forgets the HTTP/2 connection `slot` is on (it closed under a call).
+    fn drop_h2(&mut self, origin: &Origin, slot: &Slot) {
+        if let Some(list) = self.shared.get_mut(origin) {
+            list.retain(|c| !Arc::ptr_eq(&c.streams, &slot.0));
+        }
+    }
+
     /// An open HTTP/2 connection with room for one more call, counted.
     fn h2(&mut self, origin: &Origin) -> Option<(http2::SendRequest<ReqBody>, Slot)> {
         let list = self.shared.get_mut(origin)?;
@@ -171,7 +178,11 @@ enum Conn {
         tx: http1::SendRequest<ReqBody>,
         reused: bool,
     },
-    H2(http2::SendRequest<ReqBody>, Slot),
+    H2 {
+        tx: http2::SendRequest<ReqBody>,
+        slot: Slot,
+        reused: bool,
+    },
 }
 
 /// The upstream client: one connector (TLS roots loaded once), one pool per
@@ -269,19 +280,30 @@ impl Upstream {
         let lane = self.lane();
         loop {
             match self.checkout(lane, &origin).await? {
-                Conn::H2(mut tx, slot) => {
-                    return tx
-                        .send_request(req)
-                        .await
-                        .map(|r| {
-                            r.map(|inner| UpstreamBody {
-                                inner,
-                                back: None,
-                                slot: Some(slot),
-                            })
-                        })
-                        .map_err(|e| UpstreamError::Request(e.to_string()));
-                }
+                Conn::H2 {
+                    mut tx,
+                    slot,
+                    reused,
+                } => match tx.try_send_request(req).await {
+                    Ok(r) => {
+                        return Ok(r.map(|inner| UpstreamBody {
+                            inner,
+                            back: None,
+                            slot: Some(slot),
+                        }));
+                    }
+                    // A shared connection that closed between the pool's
+                    // open check and the send: the request never left, so
+                    // it goes again, and the connection leaves the pool
+                    // (which bounds this loop).
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => {
+                            self.pools[lane].lock().drop_h2(&origin, &slot);
+                            req = unsent;
+                        }
+                        _ => return Err(UpstreamError::Request(e.into_error().to_string())),
+                    },
+                },
                 Conn::H1 { mut tx, reused } => {
                     match tx.try_send_request(origin_form(req, &origin)).await {
                         Ok(r) => {
@@ -315,7 +337,11 @@ impl Upstream {
         // An HTTP/2 sender is ready exactly when it is open (hyper), which
         // `h2` checks.
         if let Some((tx, slot)) = self.pools[lane].lock().h2(origin) {
-            return Ok(Conn::H2(tx, slot));
+            return Ok(Conn::H2 {
+                tx,
+                slot,
+                reused: true,
+            });
         }
         loop {
             let kept = self.pools[lane].lock().take(origin);
@@ -374,7 +400,11 @@ impl Upstream {
                 .entry(origin.clone())
                 .or_default()
                 .push(conn);
-            Ok(Conn::H2(tx, slot))
+            Ok(Conn::H2 {
+                tx,
+                slot,
+                reused: false,
+            })
         } else {
             let (tx, conn) = http1::handshake(io)
                 .await
@@ -493,4 +523,67 @@ impl Body for UpstreamBody {
 /// The response body as a stream of data chunks.
 pub fn body_stream(resp: Response) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
     BodyDataStream::new(resp.into_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// A request queued on a kept HTTP/2 connection that closes before
+    /// taking it goes again on another connection instead of failing.
+    #[tokio::test]
+    async fn a_call_a_closing_http2_connection_never_took_goes_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/v1/x", axum::routing::post(|| async { "answered" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let up = Upstream::new(Duration::from_secs(5), 0).unwrap();
+        let uri: Uri = format!("http://{addr}/v1/x").parse().unwrap();
+        let origin = Origin {
+            https: false,
+            authority: uri.authority().unwrap().clone(),
+        };
+        // A connection whose dispatch task is held here, not run: it takes
+        // no request, and dropping it closes the connection with whatever
+        // was queued on it still unsent.
+        let (io, _peer) = tokio::io::duplex(1 << 16);
+        let (tx, dispatch) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+        up.pools[0]
+            .lock()
+            .shared
+            .entry(origin.clone())
+            .or_default()
+            .push(H2 {
+                tx,
+                streams: Arc::new(AtomicUsize::new(0)),
+            });
+
+        let call = up.post(uri, Vec::new(), Bytes::from_static(b"{}"));
+        tokio::pin!(call);
+        // One poll: the call takes the kept connection (open, with room) and
+        // queues its request there.
+        let pending = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending()));
+        assert!(pending.await);
+        assert_eq!(
+            up.pools[0].lock().shared[&origin][0]
+                .streams
+                .load(Ordering::Relaxed),
+            1
+        );
+
+        drop(dispatch);
+        let resp = call.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"answered");
+        assert!(up.pools[0].lock().shared[&origin].is_empty());
+    }
 }
