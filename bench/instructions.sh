@@ -61,7 +61,13 @@ wait_port() {
 MPID=$!
 ROOT=icountroottoken0123456789abcdefgh
 # One serving thread: the count then does not depend on how work was spread.
-SLUICE_SERVE_THREADS=1 PORT=$SLUICE_PORT BIND_ADDR=127.0.0.1 SLUICE_DATA_DIR="$WORK/data" \
+# Ledger batches of exactly 100 rows: with the 50 ms window, how rows fell
+# into batches followed the machine's speed and moved the count by ±4 %
+# between runs of the same build. With a window longer than the run, a batch
+# is committed when its 100th row is queued, and CALLS is a multiple of 100.
+BATCH=100
+if (( CALLS % BATCH != 0 )); then echo "CALLS must be a multiple of $BATCH" >&2; exit 2; fi
+SLUICE_SERVE_THREADS=1 LEDGER_MAX_BATCH=$BATCH LEDGER_WINDOW_MS=3600000 PORT=$SLUICE_PORT BIND_ADDR=127.0.0.1 SLUICE_DATA_DIR="$WORK/data" \
   INITIAL_ROOT_PASSWORD=icount-password INITIAL_ROOT_ACCESS_TOKEN=$ROOT LOG_LEVEL=warn \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN/sluice" >"$WORK/sluice.log" 2>&1 &
 VPID=$!
@@ -78,10 +84,39 @@ api POST /api/channel/ "{\"type\":1,\"name\":\"mock\",\"key\":\"ok\",\"base_url\
 KEY=sk-$(api POST /api/token/ '{"name":"icount","remain_quota":1000000000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
 printf '{"model":"bench-model","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}' > "$WORK/body.json"
 
+# Waits (read from the database file, not through sluice, so the wait adds
+# nothing to the count) until the ledger holds $1 rows; then no batch is
+# being written (the next one is not full), so zeroing and dumping happen
+# with the writer idle. The setup's rows (manage logs, written at once) are
+# counted first.
+rows() {
+  python3 -c 'import sqlite3, sys; print(sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute("SELECT count(*) FROM logs").fetchone()[0])' "$WORK/data/sluice.db"
+}
+wait_rows() {
+  python3 - "$WORK/data/sluice.db" "$1" <<'PY'
+import sqlite3, sys, time
+db, want = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 300
+while time.time() < deadline:
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    n = c.execute("SELECT count(*) FROM logs").fetchone()[0]
+    c.close()
+    if n == want:
+        sys.exit(0)
+    if n > want:
+        sys.exit(f"the ledger holds {n} rows, not {want}")
+    time.sleep(0.1)
+sys.exit(f"the ledger did not reach {want} rows")
+PY
+}
+
 URL="http://127.0.0.1:$SLUICE_PORT/v1/chat/completions"
+SETUP_ROWS=$(rows)
 "$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 100 "$KEY" >/dev/null      # warm up
+wait_rows $(( SETUP_ROWS + BATCH ))
 callgrind_control -z "$VPID" >/dev/null
 "$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 "$CALLS" "$KEY" | grep -q "ok=$CALLS "
+wait_rows $(( SETUP_ROWS + BATCH + CALLS ))
 callgrind_control -d "$VPID" >/dev/null
 DUMP=$(ls -t "$WORK"/cg.out.* | head -1)
 TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")

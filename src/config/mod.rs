@@ -96,6 +96,9 @@ pub struct Config {
     /// Ledger batch window, milliseconds (at most this much is lost on SIGKILL).
     #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = 50)]
     pub ledger_window_ms: u64,
+    /// Most rows the ledger writer commits in one transaction.
+    #[arg(long, env = "LEDGER_MAX_BATCH", default_value_t = 1000)]
+    pub ledger_max_batch: usize,
     /// Threads serving HTTP, each with its own single-threaded runtime and
     /// upstream connection pool; 0 means one per CPU core.
     #[arg(long, env = "SLUICE_SERVE_THREADS", default_value_t = 0)]
@@ -127,6 +130,7 @@ impl Default for Config {
             upstream_first_byte_timeout_ms: 300_000,
             upstream_idle_timeout_ms: 300_000,
             ledger_window_ms: 50,
+            ledger_max_batch: 1000,
             serve_threads: 0,
         }
     }

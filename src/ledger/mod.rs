@@ -77,6 +77,9 @@ pub struct Ledger {
     tx: mpsc::Sender<Entry>,
     /// Cuts the writer's window short (a flush is waiting).
     urgent: Arc<Notify>,
+    /// Tells the writer a full batch may be queued (it checks).
+    full: Arc<Notify>,
+    max_batch: usize,
 }
 
 impl Ledger {
@@ -90,15 +93,30 @@ impl Ledger {
         stop: CancellationToken,
     ) -> Ledger {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let urgent = Arc::new(Notify::new());
-        tracker.spawn(writer(store, bank, metrics, cfg, rx, urgent.clone(), stop));
-        Ledger { tx, urgent }
+        let wake = Wake {
+            urgent: Arc::new(Notify::new()),
+            full: Arc::new(Notify::new()),
+        };
+        let ledger = Ledger {
+            tx,
+            urgent: wake.urgent.clone(),
+            full: wake.full.clone(),
+            max_batch: cfg.max_batch.max(1),
+        };
+        tracker.spawn(writer(store, bank, metrics, cfg, rx, wake, stop));
+        ledger
     }
 
     /// Queues an entry, waiting if the queue is full.
     pub async fn record(&self, e: Entry) {
         if self.tx.send(e).await.is_err() {
             tracing::error!("ledger writer has stopped; entry lost");
+            return;
+        }
+        // The writer may hold one entry besides the queue. A wake it does
+        // not need (a permit left from an earlier row) only makes it look.
+        if self.queued() + 1 >= self.max_batch {
+            self.full.notify_one();
         }
     }
 
@@ -116,13 +134,21 @@ impl Ledger {
     }
 }
 
+/// What ends the writer's window early.
+struct Wake {
+    /// A flush is queued.
+    urgent: Arc<Notify>,
+    /// A full batch may be queued.
+    full: Arc<Notify>,
+}
+
 async fn writer(
     store: Store,
     bank: Arc<QuotaBank>,
     metrics: crate::telemetry::Metrics,
     cfg: LedgerConfig,
     mut rx: mpsc::Receiver<Entry>,
-    urgent: Arc<Notify>,
+    wake: Wake,
     stop: CancellationToken,
 ) {
     let mut batch: Vec<Entry> = Vec::with_capacity(cfg.max_batch);
@@ -148,18 +174,27 @@ async fn writer(
         // than the row): it sleeps out the window, then takes what has
         // queued. A flush or a stop ends the window at once (shutdown must
         // not wait out a long window before the queue is drained), and so
-        // does a full batch already queued (under load the window shrinks).
+        // does a full batch, queued before or during the window (under load
+        // the window shrinks, and batches are exactly `max_batch` rows).
         if !matches!(batch.last(), Some(Entry::Flush(_)))
             && !stopping
             && batch.len() + rx.len() < cfg.max_batch
         {
             let deadline = tokio::time::Instant::now() + cfg.window;
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = urgent.notified() => {}
-                _ = stop.cancelled() => {
-                    stopping = true;
-                    rx.close();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = wake.urgent.notified() => break,
+                    _ = wake.full.notified() => {
+                        if batch.len() + rx.len() >= cfg.max_batch {
+                            break;
+                        }
+                    }
+                    _ = stop.cancelled() => {
+                        stopping = true;
+                        rx.close();
+                        break;
+                    }
                 }
             }
         }
@@ -460,6 +495,53 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         assert_eq!(count_rows(store).await.unwrap(), 9);
+    }
+
+    /// A batch that fills while the writer waits out its window is
+    /// committed then, not at the window's end: batches are `max_batch` rows
+    /// however fast they fill (the instruction guard relies on it).
+    #[tokio::test]
+    async fn a_batch_filled_during_the_window_is_committed_at_once() {
+        let cfg = LedgerConfig {
+            queue: 64,
+            max_batch: 4,
+            window: Duration::from_secs(3600),
+        };
+        let r = rig(2, cfg).await;
+        let (store, ledger, tracker, stop) = (&r.store, &r.ledger, &r.tracker, &r.stop);
+        let log = |i: usize| {
+            Entry::Log(Box::new(NewLog {
+                request_id: format!("r{i}"),
+                ..NewLog::default()
+            }))
+        };
+        ledger.record(log(0)).await;
+        // One thread: once the writer has taken the row it has also gone on
+        // into its window, where the next rows find it.
+        while ledger.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for i in 1..6 {
+            ledger.record(log(i)).await;
+        }
+        let landed = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if count_rows(store).await.unwrap() >= 4 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            landed.is_ok(),
+            "a batch filled during the window waited for it"
+        );
+        assert_eq!(count_rows(store).await.unwrap(), 4);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(count_rows(store).await.unwrap(), 6);
     }
 
     /// The writer has a connection of its own: with every pooled connection
