@@ -456,45 +456,61 @@ mod tests {
         }
     }
 
+    /// A writer with four-row batches and a window no test waits out.
+    async fn long_window_rig() -> Rig {
+        let cfg = LedgerConfig {
+            queue: 64,
+            max_batch: 4,
+            window: Duration::from_secs(3600),
+        };
+        rig(2, cfg).await
+    }
+
+    fn log_entry(i: usize) -> Entry {
+        Entry::Log(Box::new(NewLog {
+            request_id: format!("r{i}"),
+            ..NewLog::default()
+        }))
+    }
+
+    /// Whether the store reaches `n` rows within a minute (polled).
+    async fn rows_reach(store: &Store, n: i64) -> bool {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while count_rows(store).await.unwrap() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops the writer (it drains the queue) and waits for it.
+    async fn drain(r: &Rig) {
+        r.stop.cancel();
+        r.tracker.close();
+        r.tracker.wait().await;
+    }
+
     /// Under load the window shrinks: once a full batch is queued the writer
     /// commits it without waiting out the window (with a one-hour window and
     /// no flush, the rows still arrive). Without this, throughput was capped
     /// at `max_batch` rows per window.
     #[tokio::test]
     async fn a_full_batch_is_committed_without_waiting_out_the_window() {
-        let cfg = LedgerConfig {
-            queue: 64,
-            max_batch: 4,
-            window: Duration::from_secs(3600),
-        };
-        let r = rig(2, cfg).await;
-        let (store, ledger, tracker, stop) = (&r.store, &r.ledger, &r.tracker, &r.stop);
+        let r = long_window_rig().await;
         // Queued before the writer looks: it finds two full batches waiting.
         for i in 0..9 {
-            let log = NewLog {
-                request_id: format!("r{i}"),
-                ..NewLog::default()
-            };
-            ledger.record(Entry::Log(Box::new(log))).await;
+            r.ledger.record(log_entry(i)).await;
         }
-        // Polled with a deadline: the two full batches (8 rows) land, the
-        // ninth row waits for its window.
-        let landed = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                if count_rows(store).await.unwrap() >= 8 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        assert!(landed.is_ok(), "full batches waited for the window");
-        assert_eq!(count_rows(store).await.unwrap(), 8);
-        // A stop drains the rest at once.
-        stop.cancel();
-        tracker.close();
-        tracker.wait().await;
-        assert_eq!(count_rows(store).await.unwrap(), 9);
+        // The two full batches (8 rows) land, the ninth row waits for its
+        // window; a stop drains it at once.
+        assert!(
+            rows_reach(&r.store, 8).await,
+            "full batches waited for the window"
+        );
+        assert_eq!(count_rows(&r.store).await.unwrap(), 8);
+        drain(&r).await;
+        assert_eq!(count_rows(&r.store).await.unwrap(), 9);
     }
 
     /// A batch that fills while the writer waits out its window is
@@ -502,46 +518,23 @@ mod tests {
     /// however fast they fill (the instruction guard relies on it).
     #[tokio::test]
     async fn a_batch_filled_during_the_window_is_committed_at_once() {
-        let cfg = LedgerConfig {
-            queue: 64,
-            max_batch: 4,
-            window: Duration::from_secs(3600),
-        };
-        let r = rig(2, cfg).await;
-        let (store, ledger, tracker, stop) = (&r.store, &r.ledger, &r.tracker, &r.stop);
-        let log = |i: usize| {
-            Entry::Log(Box::new(NewLog {
-                request_id: format!("r{i}"),
-                ..NewLog::default()
-            }))
-        };
-        ledger.record(log(0)).await;
+        let r = long_window_rig().await;
+        r.ledger.record(log_entry(0)).await;
         // One thread: once the writer has taken the row it has also gone on
         // into its window, where the next rows find it.
-        while ledger.queued() > 0 {
+        while r.ledger.queued() > 0 {
             tokio::task::yield_now().await;
         }
         for i in 1..6 {
-            ledger.record(log(i)).await;
+            r.ledger.record(log_entry(i)).await;
         }
-        let landed = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                if count_rows(store).await.unwrap() >= 4 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
         assert!(
-            landed.is_ok(),
+            rows_reach(&r.store, 4).await,
             "a batch filled during the window waited for it"
         );
-        assert_eq!(count_rows(store).await.unwrap(), 4);
-        stop.cancel();
-        tracker.close();
-        tracker.wait().await;
-        assert_eq!(count_rows(store).await.unwrap(), 6);
+        assert_eq!(count_rows(&r.store).await.unwrap(), 4);
+        drain(&r).await;
+        assert_eq!(count_rows(&r.store).await.unwrap(), 6);
     }
 
     /// The writer has a connection of its own: with every pooled connection
