@@ -84,23 +84,27 @@ api POST /api/channel/ "{\"type\":1,\"name\":\"mock\",\"key\":\"ok\",\"base_url\
 KEY=sk-$(api POST /api/token/ '{"name":"icount","remain_quota":1000000000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
 printf '{"model":"bench-model","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}' > "$WORK/body.json"
 
-# Waits (read from the database file, not through sluice, so the wait adds
-# nothing to the count) until the ledger holds $1 rows; then no batch is
-# being written (the next one is not full), so zeroing and dumping happen
-# with the writer idle. The setup's rows (manage logs, written at once) are
-# counted first.
+# The ledger's rows, read from the database file (not through sluice, so
+# reading adds nothing to the count); with a number, waits until there are
+# exactly that many: then no batch is being written (the next one is not
+# full), so zeroing and dumping happen with the writer idle. The setup's
+# rows (manage logs, written at once) are counted first.
 rows() {
-  python3 -c 'import sqlite3, sys; print(sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute("SELECT count(*) FROM logs").fetchone()[0])' "$WORK/data/sluice.db"
-}
-wait_rows() {
-  python3 - "$WORK/data/sluice.db" "$1" <<'PY'
+  python3 - "$WORK/data/sluice.db" "${1:-}" <<'PY'
 import sqlite3, sys, time
-db, want = sys.argv[1], int(sys.argv[2])
-deadline = time.time() + 300
-while time.time() < deadline:
+db, want = sys.argv[1], sys.argv[2]
+def count():
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    n = c.execute("SELECT count(*) FROM logs").fetchone()[0]
-    c.close()
+    try:
+        return c.execute("SELECT count(*) FROM logs").fetchone()[0]
+    finally:
+        c.close()
+if not want:
+    print(count())
+    sys.exit(0)
+want, deadline = int(want), time.time() + 300
+while time.time() < deadline:
+    n = count()
     if n == want:
         sys.exit(0)
     if n > want:
@@ -113,10 +117,10 @@ PY
 URL="http://127.0.0.1:$SLUICE_PORT/v1/chat/completions"
 SETUP_ROWS=$(rows)
 "$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 100 "$KEY" >/dev/null      # warm up
-wait_rows $(( SETUP_ROWS + BATCH ))
+rows $(( SETUP_ROWS + BATCH ))
 callgrind_control -z "$VPID" >/dev/null
 "$BIN/sluice-loadgen" "$URL" "$WORK/body.json" 0 "$CALLS" "$KEY" | grep -q "ok=$CALLS "
-wait_rows $(( SETUP_ROWS + BATCH + CALLS ))
+rows $(( SETUP_ROWS + BATCH + CALLS ))
 callgrind_control -d "$VPID" >/dev/null
 DUMP=$(ls -t "$WORK"/cg.out.* | head -1)
 TOTAL=$(awk '/^(summary|totals):/ {print $2; exit}' "$DUMP")

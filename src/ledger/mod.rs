@@ -75,10 +75,7 @@ impl Default for LedgerConfig {
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Entry>,
-    /// Cuts the writer's window short (a flush is waiting).
-    urgent: Arc<Notify>,
-    /// Tells the writer a full batch may be queued (it checks).
-    full: Arc<Notify>,
+    wake: Arc<Wake>,
     max_batch: usize,
 }
 
@@ -92,19 +89,18 @@ impl Ledger {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Ledger {
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let wake = Wake {
-            urgent: Arc::new(Notify::new()),
-            full: Arc::new(Notify::new()),
-        };
-        let ledger = Ledger {
-            tx,
-            urgent: wake.urgent.clone(),
-            full: wake.full.clone(),
+        let cfg = LedgerConfig {
             max_batch: cfg.max_batch.max(1),
+            ..cfg
         };
-        tracker.spawn(writer(store, bank, metrics, cfg, rx, wake, stop));
-        ledger
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let wake = Arc::new(Wake::default());
+        tracker.spawn(writer(store, bank, metrics, cfg, rx, wake.clone(), stop));
+        Ledger {
+            tx,
+            wake,
+            max_batch: cfg.max_batch,
+        }
     }
 
     /// Queues an entry, waiting if the queue is full.
@@ -116,7 +112,7 @@ impl Ledger {
         // The writer may hold one entry besides the queue. A wake it does
         // not need (a permit left from an earlier row) only makes it look.
         if self.queued() + 1 >= self.max_batch {
-            self.full.notify_one();
+            self.wake.full.notify_one();
         }
     }
 
@@ -124,7 +120,7 @@ impl Ledger {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         self.record(Entry::Flush(tx)).await;
-        self.urgent.notify_one();
+        self.wake.urgent.notify_one();
         let _ = rx.await;
     }
 
@@ -135,11 +131,12 @@ impl Ledger {
 }
 
 /// What ends the writer's window early.
+#[derive(Default)]
 struct Wake {
     /// A flush is queued.
-    urgent: Arc<Notify>,
-    /// A full batch may be queued.
-    full: Arc<Notify>,
+    urgent: Notify,
+    /// A full batch may be queued (the writer checks).
+    full: Notify,
 }
 
 async fn writer(
@@ -148,7 +145,7 @@ async fn writer(
     metrics: crate::telemetry::Metrics,
     cfg: LedgerConfig,
     mut rx: mpsc::Receiver<Entry>,
-    wake: Wake,
+    wake: Arc<Wake>,
     stop: CancellationToken,
 ) {
     let mut batch: Vec<Entry> = Vec::with_capacity(cfg.max_batch);

@@ -161,7 +161,7 @@ pub async fn build_state(config: Config) -> Result<(SharedState, Writer), Server
         metrics.clone(),
         LedgerConfig {
             window: std::time::Duration::from_millis(config.ledger_window_ms.max(1)),
-            max_batch: config.ledger_max_batch.max(1),
+            max_batch: config.ledger_max_batch,
             ..LedgerConfig::default()
         },
         &writer.tracker,
