@@ -178,6 +178,37 @@ async fn http2_is_negotiated_and_one_connection_serves_every_call() {
 }
 
 #[tokio::test]
+async fn a_burst_before_any_connection_opens_one_http2_connection() {
+    // ALPN tells the protocol only once connected: the calls that start
+    // while the first connection is being opened wait for it and share it.
+    let up = tls_upstream(&[b"h2", b"http/1.1"]).await;
+    let client = client_for(&up);
+    let all = futures_util::future::join_all((0..16).map(|n| call(&client, &up, n))).await;
+    assert!(all.iter().all(|seen| seen["version"] == "HTTP/2.0"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_burst_to_an_https_http1_origin_gets_a_connection_per_call() {
+    // Once the first connection says HTTP/1, the calls that waited for it
+    // open their own side by side: the server answers none of the eight
+    // after the first until all of them are in.
+    let calls = 8;
+    let up = tls_upstream_with(
+        &[b"http/1.1"],
+        Some(Arc::new(tokio::sync::Barrier::new(calls - 1))),
+    )
+    .await;
+    let client = client_for(&up);
+    let all = futures_util::future::join_all((0..calls).map(|n| call(&client, &up, n)));
+    let all = tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .unwrap_or_else(|_| panic!("HTTP/1 calls waited for each other"));
+    assert!(all.iter().all(|seen| seen["version"] == "HTTP/1.1"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
 async fn https_http1_connections_are_kept_between_calls() {
     let up = tls_upstream(&[b"http/1.1"]).await;
     let client = client_for(&up);

@@ -95,8 +95,23 @@ struct Idle {
 struct Pool {
     /// HTTP/1 connections at rest, per origin, most recently used last.
     idle: FastMap<Origin, Vec<Idle>>,
-    /// Multiplexed HTTP/2 connections per origin.
-    shared: FastMap<Origin, Vec<H2>>,
+    /// What is known of each HTTPS origin (plain HTTP never negotiates
+    /// HTTP/2 here), and its multiplexed HTTP/2 connections.
+    tls: FastMap<Origin, TlsOrigin>,
+}
+
+/// An HTTPS origin: HTTP/2 or HTTP/1, as ALPN last chose.
+#[derive(Default)]
+struct TlsOrigin {
+    /// Its HTTP/2 connections.
+    shared: Vec<H2>,
+    /// Its last connection negotiated HTTP/1: calls open connections
+    /// side by side, as each needs its own.
+    http1: bool,
+    /// Held while a connection to it is being opened, unless it is known to
+    /// speak HTTP/1: calls that need one meanwhile wait for that one and
+    /// share it, instead of each handshaking a connection of its own.
+    opening: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An HTTP/2 connection and the calls in flight on it.
@@ -136,19 +151,36 @@ impl Pool {
 
     /// Forgets the HTTP/2 connection `slot` is on (it closed under a call).
     fn drop_h2(&mut self, origin: &Origin, slot: &Slot) {
-        if let Some(list) = self.shared.get_mut(origin) {
-            list.retain(|c| !Arc::ptr_eq(&c.streams, &slot.0));
+        if let Some(o) = self.tls.get_mut(origin) {
+            o.shared.retain(|c| !Arc::ptr_eq(&c.streams, &slot.0));
         }
     }
 
     /// An open HTTP/2 connection with room for one more call, counted.
     fn h2(&mut self, origin: &Origin) -> Option<(http2::SendRequest<ReqBody>, Slot)> {
-        let list = self.shared.get_mut(origin)?;
+        let list = &mut self.tls.get_mut(origin)?.shared;
         list.retain(|c| !c.tx.is_closed());
         let c = list
             .iter()
             .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS)?;
         Some((c.tx.clone(), c.slot()))
+    }
+
+    /// The lock to hold while opening a connection to `origin`, if it may
+    /// speak HTTP/2.
+    fn opening(&mut self, origin: &Origin) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if !origin.https {
+            return None;
+        }
+        let o = self.tls.entry(origin.clone()).or_default();
+        (!o.http1).then(|| o.opening.clone())
+    }
+
+    /// Records what a new connection to an HTTPS origin negotiated.
+    fn learn(&mut self, origin: &Origin, conn: Option<H2>) {
+        let o = self.tls.entry(origin.clone()).or_default();
+        o.http1 = conn.is_none();
+        o.shared.extend(conn);
     }
 
     fn put(&mut self, origin: Origin, tx: http1::SendRequest<ReqBody>) {
@@ -354,7 +386,35 @@ impl Upstream {
         // Boxed: connecting (TLS, HTTP/2 handshake) is rare and its future
         // is large; inline, it made every call's future ~11 KB bigger, and
         // axum copies a handler's future when it boxes it.
-        Box::pin(self.connect(lane, origin)).await
+        Box::pin(self.open(lane, origin)).await
+    }
+
+    /// A new connection to `origin`, or a share of one another call opened
+    /// meanwhile. To an origin that may speak HTTP/2 one connection is
+    /// opened at a time: a burst of calls before any connection exists
+    /// (ALPN tells the protocol only once connected) would otherwise open
+    /// one each. A call waits for at most one other's connection, so a
+    /// failing origin does not line its callers' connect timeouts up.
+    async fn open(&self, lane: usize, origin: &Origin) -> Result<Conn, UpstreamError> {
+        let lock = self.pools[lane].lock().opening(origin);
+        let Some(lock) = lock else {
+            return self.connect(lane, origin).await;
+        };
+        let _held = match lock.clone().try_lock_owned() {
+            Ok(held) => Some(held),
+            Err(_) => {
+                drop(lock.lock().await);
+                if let Some((tx, slot)) = self.pools[lane].lock().h2(origin) {
+                    return Ok(Conn::H2 {
+                        tx,
+                        slot,
+                        reused: true,
+                    });
+                }
+                None
+            }
+        };
+        self.connect(lane, origin).await
     }
 
     /// Opens a connection; its task runs on this thread's runtime until the
@@ -394,12 +454,7 @@ impl Upstream {
                 streams: Arc::new(AtomicUsize::new(0)),
             };
             let slot = conn.slot();
-            self.pools[lane]
-                .lock()
-                .shared
-                .entry(origin.clone())
-                .or_default()
-                .push(conn);
+            self.pools[lane].lock().learn(origin, Some(conn));
             Ok(Conn::H2 {
                 tx,
                 slot,
@@ -414,6 +469,9 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
+            if origin.https {
+                self.pools[lane].lock().learn(origin, None);
+            }
             Ok(Conn::H1 { tx, reused: false })
         }
     }
@@ -558,9 +616,10 @@ mod tests {
             .unwrap();
         up.pools[0]
             .lock()
-            .shared
+            .tls
             .entry(origin.clone())
             .or_default()
+            .shared
             .push(H2 {
                 tx,
                 streams: Arc::new(AtomicUsize::new(0)),
@@ -573,7 +632,7 @@ mod tests {
         let pending = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending()));
         assert!(pending.await);
         assert_eq!(
-            up.pools[0].lock().shared[&origin][0]
+            up.pools[0].lock().tls[&origin].shared[0]
                 .streams
                 .load(Ordering::Relaxed),
             1
@@ -584,6 +643,6 @@ mod tests {
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"answered");
-        assert!(up.pools[0].lock().shared[&origin].is_empty());
+        assert!(up.pools[0].lock().tls[&origin].shared.is_empty());
     }
 }
