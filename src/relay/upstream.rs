@@ -316,26 +316,40 @@ impl Upstream {
                     mut tx,
                     slot,
                     reused,
-                } => match tx.try_send_request(req).await {
-                    Ok(r) => {
-                        return Ok(r.map(|inner| UpstreamBody {
-                            inner,
-                            back: None,
-                            slot: Some(slot),
-                        }));
-                    }
-                    // A shared connection that closed between the pool's
-                    // open check and the send: the request never left, so
-                    // it goes again, and the connection leaves the pool
-                    // (which bounds this loop).
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) if reused => {
-                            self.pools[lane].lock().drop_h2(&origin, &slot);
-                            req = unsent;
+                } => {
+                    // A copy to send again if the server refuses the stream
+                    // unprocessed (below); the body is shared, not copied.
+                    let again = reused.then(|| copy_request(&req));
+                    match tx.try_send_request(req).await {
+                        Ok(r) => {
+                            return Ok(r.map(|inner| UpstreamBody {
+                                inner,
+                                back: None,
+                                slot: Some(slot),
+                            }));
                         }
-                        _ => return Err(UpstreamError::Request(e.into_error().to_string())),
-                    },
-                },
+                        Err(mut e) => {
+                            // A shared connection that closed between the
+                            // pool's open check and the send (the request
+                            // never left), or a server that refused the
+                            // stream before processing it: the request goes
+                            // again, and the connection leaves the pool
+                            // (which bounds this loop).
+                            let unsent = e.take_message();
+                            let err = e.into_error();
+                            let retry = match (unsent, again) {
+                                (Some(unsent), Some(_)) => Some(unsent),
+                                (None, Some(again)) if unprocessed(&err) => Some(again),
+                                _ => None,
+                            };
+                            let Some(retry) = retry else {
+                                return Err(UpstreamError::Request(err.to_string()));
+                            };
+                            self.pools[lane].lock().drop_h2(&origin, &slot);
+                            req = retry;
+                        }
+                    }
+                }
                 Conn::H1 { mut tx, reused } => {
                     match tx.try_send_request(origin_form(req, &origin)).await {
                         Ok(r) => {
@@ -477,6 +491,29 @@ impl Upstream {
     }
 }
 
+/// The same request again (its body is reference-counted bytes).
+fn copy_request(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The server closed the stream before processing it, which RFC 9113 says
+/// makes the request safe to send again: it refused the stream
+/// (`REFUSED_STREAM`, §8.7), or said in a GOAWAY that it would not process
+/// streams past the last it named (§6.8; h2 gives exactly those streams a
+/// GOAWAY error of the server's).
+fn unprocessed(err: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(err).and_then(|c| c.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    h2.is_remote()
+        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
 /// An HTTP/1 request as it goes on the wire: the path alone in the request
 /// line, the authority in `Host` (without a default port, as browsers and
 /// curl send it).
@@ -591,6 +628,131 @@ mod tests {
     use hyper_util::rt::TokioIo;
 
     use super::*;
+
+    /// How the scripted HTTP/2 server turns calls away.
+    #[derive(Clone, Copy)]
+    enum Refusal {
+        /// `RST_STREAM REFUSED_STREAM` on the first stream.
+        Reset,
+        /// Once streams 1 and 3 are in, a GOAWAY naming 1 as the last it
+        /// processes, and an answer on 1.
+        GoAway,
+    }
+
+    /// One HTTP/2 frame: length, type, flags, stream id, payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// A server whose first connection speaks HTTP/2 frame by frame (so the
+    /// test decides exactly which streams it refuses) and whose later ones
+    /// answer HTTP/1 with "answered again".
+    async fn scripted_h2(refusal: Refusal) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                tcp.read_exact(&mut preface).await.unwrap();
+                tcp.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+                let mut streams = Vec::new();
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    tcp.read_exact(&mut payload).await.unwrap();
+                    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                    match head[3] {
+                        4 if head[4] & 1 == 0 => tcp.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+                        1 => streams.push(stream),
+                        _ => continue,
+                    }
+                    match refusal {
+                        Refusal::Reset if streams == [1] => {
+                            tcp.write_all(&frame(3, 0, 1, &7u32.to_be_bytes()))
+                                .await
+                                .unwrap();
+                        }
+                        Refusal::GoAway if streams == [1, 3] => {
+                            let mut goaway = 1u32.to_be_bytes().to_vec();
+                            goaway.extend(0u32.to_be_bytes());
+                            tcp.write_all(&frame(7, 0, 0, &goaway)).await.unwrap();
+                            // `:status: 200` (HPACK static index 8), then the body.
+                            tcp.write_all(&frame(1, 4, 1, &[0x88])).await.unwrap();
+                            tcp.write_all(&frame(0, 1, 1, b"first")).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            let app = axum::Router::new()
+                .route("/v1/x", axum::routing::post(|| async { "answered again" }));
+            axum::serve(listener, app).await.unwrap();
+        });
+        addr
+    }
+
+    /// A client whose pool holds an HTTP/2 connection to `addr`.
+    async fn pooled_h2(addr: std::net::SocketAddr) -> (Upstream, Uri, Origin) {
+        let up = Upstream::new(Duration::from_secs(5), 0).unwrap();
+        let uri: Uri = format!("http://{addr}/v1/x").parse().unwrap();
+        let origin = Origin {
+            https: false,
+            authority: uri.authority().unwrap().clone(),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        up.pools[0]
+            .lock()
+            .tls
+            .entry(origin.clone())
+            .or_default()
+            .shared
+            .push(H2 {
+                tx,
+                streams: Arc::new(AtomicUsize::new(0)),
+            });
+        (up, uri, origin)
+    }
+
+    async fn text(resp: Response) -> Bytes {
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_server_refused_goes_again_on_another_connection() {
+        let addr = scripted_h2(Refusal::Reset).await;
+        let (up, uri, origin) = pooled_h2(addr).await;
+        let resp = up.post(uri, Vec::new(), Bytes::from_static(b"{}")).await;
+        assert_eq!(&text(resp.unwrap()).await[..], b"answered again");
+        assert!(up.pools[0].lock().tls[&origin].shared.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_a_goaway_goes_again_and_the_one_before_it_is_answered() {
+        let addr = scripted_h2(Refusal::GoAway).await;
+        let (up, uri, origin) = pooled_h2(addr).await;
+        let (first, second) = tokio::join!(
+            up.post(uri.clone(), Vec::new(), Bytes::from_static(b"{}")),
+            up.post(uri, Vec::new(), Bytes::from_static(b"{}")),
+        );
+        assert_eq!(&text(first.unwrap()).await[..], b"first");
+        assert_eq!(&text(second.unwrap()).await[..], b"answered again");
+        assert!(up.pools[0].lock().tls[&origin].shared.is_empty());
+    }
 
     /// A request queued on a kept HTTP/2 connection that closes before
     /// taking it goes again on another connection instead of failing.
