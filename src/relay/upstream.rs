@@ -701,19 +701,19 @@ mod tests {
         addr
     }
 
-    /// A client whose pool holds an HTTP/2 connection to `addr`.
-    async fn pooled_h2(addr: std::net::SocketAddr) -> (Upstream, Uri, Origin) {
+    /// A client for `http://{addr}/v1/x`, with the URL and its origin.
+    fn client(addr: std::net::SocketAddr) -> (Upstream, Uri, Origin) {
         let up = Upstream::new(Duration::from_secs(5), 0).unwrap();
         let uri: Uri = format!("http://{addr}/v1/x").parse().unwrap();
         let origin = Origin {
             https: false,
             authority: uri.authority().unwrap().clone(),
         };
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        (up, uri, origin)
+    }
+
+    /// Puts an HTTP/2 connection in `up`'s pool for `origin`.
+    fn keep(up: &Upstream, origin: &Origin, tx: http2::SendRequest<ReqBody>) {
         up.pools[0]
             .lock()
             .tls
@@ -724,6 +724,17 @@ mod tests {
                 tx,
                 streams: Arc::new(AtomicUsize::new(0)),
             });
+    }
+
+    /// A client whose pool holds an HTTP/2 connection to `addr`.
+    async fn pooled_h2(addr: std::net::SocketAddr) -> (Upstream, Uri, Origin) {
+        let (up, uri, origin) = client(addr);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        keep(&up, &origin, tx);
         (up, uri, origin)
     }
 
@@ -763,12 +774,7 @@ mod tests {
         let app = axum::Router::new().route("/v1/x", axum::routing::post(|| async { "answered" }));
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let up = Upstream::new(Duration::from_secs(5), 0).unwrap();
-        let uri: Uri = format!("http://{addr}/v1/x").parse().unwrap();
-        let origin = Origin {
-            https: false,
-            authority: uri.authority().unwrap().clone(),
-        };
+        let (up, uri, origin) = client(addr);
         // A connection whose dispatch task is held here, not run: it takes
         // no request, and dropping it closes the connection with whatever
         // was queued on it still unsent.
@@ -776,16 +782,7 @@ mod tests {
         let (tx, dispatch) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .unwrap();
-        up.pools[0]
-            .lock()
-            .tls
-            .entry(origin.clone())
-            .or_default()
-            .shared
-            .push(H2 {
-                tx,
-                streams: Arc::new(AtomicUsize::new(0)),
-            });
+        keep(&up, &origin, tx);
 
         let call = up.post(uri, Vec::new(), Bytes::from_static(b"{}"));
         tokio::pin!(call);
