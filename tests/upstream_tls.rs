@@ -188,6 +188,28 @@ async fn a_burst_before_any_connection_opens_one_http2_connection() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// Polls `f` once: whether it is still pending.
+async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())).await
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_a_connection_whose_opener_left_opens_its_own() {
+    let up = tls_upstream(&[b"h2"]).await;
+    let client = client_for(&up);
+    // The first call starts opening the connection; the second waits for it.
+    let mut opener = Box::pin(call(&client, &up, 0));
+    assert!(poll_once(opener.as_mut()).await);
+    let mut waiter = Box::pin(call(&client, &up, 1));
+    assert!(poll_once(waiter.as_mut()).await);
+    // The opener's client goes away mid-connect.
+    drop(opener);
+    let seen = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiting call was left waiting");
+    assert_eq!(seen["version"], "HTTP/2.0");
+}
+
 #[tokio::test]
 async fn a_burst_to_an_https_http1_origin_gets_a_connection_per_call() {
     // Once the first connection says HTTP/1, the calls that waited for it
