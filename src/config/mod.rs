@@ -93,7 +93,7 @@ pub struct Config {
     /// Longest silence allowed inside an upstream response, milliseconds.
     #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub upstream_idle_timeout_ms: u64,
-    /// Ledger batch window, milliseconds (at most this much is lost on SIGKILL).
+    /// Ledger batch window, milliseconds (this much, plus the commit in flight, is lost on SIGKILL).
     #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = 50)]
     pub ledger_window_ms: u64,
     /// Most rows the ledger writer commits in one transaction.

@@ -10,8 +10,9 @@
 //!
 //! Durability: on SIGTERM the queue is drained and committed before exit. On
 //! SIGKILL (or power loss) what is lost is what was queued or in the batch
-//! being written: at most `window` of traffic (50 ms by default), rows and
-//! balances alike, never one without the other.
+//! being written: `window` of traffic (50 ms by default) plus what arrived
+//! while the database committed the batch before (a few ms normally, more
+//! when it is slow), rows and balances alike, never one without the other.
 
 use std::sync::Arc;
 use std::time::Duration;
