@@ -124,23 +124,6 @@ async fn upstream_reset_and_truncated_body_fail_over_or_cost_nothing() {
     ts.stop().await;
 }
 
-/// A counter from `/metrics`.
-async fn metric(ts: &TestServer, name: &str) -> f64 {
-    let text = ts
-        .http
-        .get(ts.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// PostgreSQL restarts under load: calls keep being served (keys, users and
 /// balances are in memory), the ledger writer keeps its batch and retries,
 /// and once the database is back every call is in the ledger exactly once.
@@ -168,7 +151,7 @@ async fn database_restart_under_load_loses_nothing() {
         .await;
     assert_eq!(ts.chat(&key, "gpt-4o", 20).await.status, 200);
     ts.flush().await;
-    let retries_before = metric(&ts, "sluice_ledger_commit_retries_total").await;
+    let retries_before = ts.metric("sluice_ledger_commit_retries_total").await;
 
     proxy.cut();
     let during = futures_util::future::join_all((0..40).map(|_| ts.chat(&key, "gpt-4o", 20))).await;
@@ -177,7 +160,7 @@ async fn database_restart_under_load_loses_nothing() {
     }
     // The writer met the outage (and keeps retrying).
     eventually("a failed ledger commit", || async {
-        metric(&ts, "sluice_ledger_commit_retries_total").await > retries_before
+        ts.metric("sluice_ledger_commit_retries_total").await > retries_before
     })
     .await;
     assert!(proxy.refused() > 0);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::relay::eventually;
 use common::replicas::Cluster;
-use common::{Caller, Db};
+use common::{Caller, Db, metric_at};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use sluice::mock::Mock;
@@ -164,15 +164,9 @@ async fn sigkill_loses_at_most_the_ledger_window(mut c: Cluster) {
             let (mut seen, mut previous_poll) = (None, Instant::now());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let poll = Instant::now();
-                let Ok(r) = http.get(&url).send().await else {
+                let Some(rows) = metric_at(&http, &url, "sluice_ledger_rows_total").await else {
                     break;
                 };
-                let Ok(text) = r.text().await else { break };
-                let rows: f64 = text
-                    .lines()
-                    .filter(|l| l.starts_with("sluice_ledger_rows_total"))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
                 if seen.is_some_and(|s| rows > s) {
                     commits.lock().push(previous_poll);
                 }

@@ -738,6 +738,7 @@ mod tests {
         (up, uri, origin)
     }
 
+    /// A 200 response's body.
     async fn text(resp: Response) -> Bytes {
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes()
@@ -798,10 +799,7 @@ mod tests {
         );
 
         drop(dispatch);
-        let resp = call.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"answered");
+        assert_eq!(&text(call.await.unwrap()).await[..], b"answered");
         assert!(up.pools[0].lock().tls[&origin].shared.is_empty());
     }
 }

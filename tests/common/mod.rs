@@ -163,6 +163,18 @@ impl TestDb {
     }
 }
 
+/// A counter from the `/metrics` page at `url`, summed over its labels;
+/// None when the server does not answer (one killed under the test).
+pub async fn metric_at(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// A running server plus a client for it.
 pub struct TestServer {
     pub server: Option<RunningServer>,
@@ -280,6 +292,13 @@ impl TestServer {
     /// A URL on the server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A counter from the server's `/metrics`, summed over its labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_at(&self.http, &self.url("/metrics"), name)
+            .await
+            .unwrap_or_else(|| panic!("no /metrics answer for {name}"))
     }
 
     /// A request with `caller`'s credentials.
