@@ -10,12 +10,14 @@ mod channels;
 mod logs;
 mod options;
 mod redemptions;
+mod sqlite_writer;
 mod tokens;
 mod users;
 
 pub use channels::*;
 pub use logs::*;
 pub use redemptions::*;
+pub use sqlite_writer::SqliteWriter;
 pub use tokens::*;
 pub use users::*;
 
@@ -36,6 +38,9 @@ pub enum StoreError {
     /// Anything else the database said.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// What SQLite said to the ledger writer's own connection.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The schema migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -132,10 +137,8 @@ pub struct Store {
 /// The ledger writer's connection.
 #[derive(Clone, Debug)]
 pub enum LedgerPool {
-    /// SQLite natively: a row's text values are bound without `sqlx::Any`'s
-    /// conversions (two more copies and three more allocations each), which
-    /// were a fifth of what the writer spent per row.
-    Sqlite(sqlx::SqlitePool),
+    /// SQLite through rusqlite (see [`SqliteWriter`]).
+    Sqlite(SqliteWriter),
     /// PostgreSQL natively, for `COPY` (see [`LedgerRows`]).
     Postgres(sqlx::PgPool),
     /// MySQL through `sqlx::Any`.
@@ -178,18 +181,12 @@ impl Store {
             .await?;
         // Opened on first commit, on the runtime the writer runs on.
         let ledger = if is_sqlite {
-            LedgerPool::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(10))
-                    .max_connections(1)
-                    .min_connections(0)
-                    .connect_lazy_with(
-                        url.parse::<sqlx::sqlite::SqliteConnectOptions>()?
-                            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                            .busy_timeout(Duration::from_secs(10)),
-                    ),
-            )
+            LedgerPool::Sqlite(SqliteWriter::new(
+                url.parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                    .get_filename()
+                    .to_path_buf(),
+                Duration::from_secs(10),
+            ))
         } else if dialect == Dialect::Postgres {
             LedgerPool::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
