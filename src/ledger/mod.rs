@@ -326,6 +326,22 @@ impl<'a> Plan<'a> {
         p
     }
 
+    /// The balance and status updates, each statement with its values in
+    /// bind order (for every database).
+    fn updates(&self) -> impl Iterator<Item = (&'static str, Vec<i64>)> + '_ {
+        let tokens = self.tokens.iter().map(|(id, s)| {
+            let v = vec![s.limited, s.limited, s.quota, s.count, s.last, *id];
+            (SPEND_TOKEN, v)
+        });
+        let users =
+            (self.users.iter()).map(|(id, s)| (SPEND_USER, vec![s.quota, s.quota, s.count, *id]));
+        let channels =
+            (self.channels.iter()).map(|(id, s)| (SPEND_CHANNEL, vec![s.quota, s.count, *id]));
+        let statuses =
+            (self.statuses.iter()).map(|(id, status)| (SET_TOKEN_STATUS, vec![*status, *id]));
+        tokens.chain(users).chain(channels).chain(statuses)
+    }
+
     fn committed(&self) -> Committed {
         let moves = |m: &FastMap<(i64, Hold), i64>| {
             m.iter()
@@ -340,19 +356,18 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Moves a token's balance by a batch's sums; the binds are `limited`,
-/// `limited`, `quota`, `count`, `last`, `id`. `status` first: MySQL
-/// evaluates SET left to right with new values.
+/// Moves a token's balance by a batch's sums (values: [`Plan::updates`]).
+/// `status` first: MySQL evaluates SET left to right with new values.
 const SPEND_TOKEN: &str = "UPDATE tokens SET \
     status = CASE WHEN status = 1 AND unlimited_quota = 0 AND remain_quota - ? <= 0 THEN 4 ELSE status END, \
     remain_quota = remain_quota - ?, used_quota = used_quota + ?, \
     request_count = request_count + ?, accessed_time = ? WHERE id = ?";
-/// Binds `quota`, `quota`, `count`, `id`.
+/// Moves a user's balance by a batch's sums.
 const SPEND_USER: &str = "UPDATE users SET quota = quota - ?, used_quota = used_quota + ?, \
     request_count = request_count + ? WHERE id = ?";
-/// Binds `quota`, `count`, `id`.
+/// Adds a batch's sums to a channel's.
 const SPEND_CHANNEL: &str = "UPDATE channels SET used_quota = used_quota + ?, request_count = request_count + ? WHERE id = ?";
-/// Binds `status`, `id`.
+/// A system status change of a token still enabled.
 const SET_TOKEN_STATUS: &str = "UPDATE tokens SET status = ? WHERE id = ? AND status = 1";
 
 /// Commits one batch in one transaction, then tells the bank. The batch is
@@ -385,40 +400,12 @@ where
     let q = |sql: &str| sqlx::query::<DB>(sqlx::AssertSqlSafe(dialect.sql(sql)));
     let mut tx = pool.begin().await?;
     DB::insert_rows(&mut tx, dialect, &plan.logs).await?;
-    for (id, s) in &plan.tokens {
-        q(SPEND_TOKEN)
-            .bind(s.limited)
-            .bind(s.limited)
-            .bind(s.quota)
-            .bind(s.count)
-            .bind(s.last)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (id, s) in &plan.users {
-        q(SPEND_USER)
-            .bind(s.quota)
-            .bind(s.quota)
-            .bind(s.count)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (id, s) in &plan.channels {
-        q(SPEND_CHANNEL)
-            .bind(s.quota)
-            .bind(s.count)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (id, status) in &plan.statuses {
-        q(SET_TOKEN_STATUS)
-            .bind(*status)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
+    for (sql, values) in plan.updates() {
+        let mut q = q(sql);
+        for v in values {
+            q = q.bind(v);
+        }
+        q.execute(&mut *tx).await?;
     }
     // Commit and update the bank as one step for anyone reading balances.
     let _g = bank.commit_guard().await;
@@ -503,21 +490,9 @@ fn stage_sqlite(
         return Ok(Staged::Rows(end));
     }
     let plan = Plan::of(batch);
-    for (id, s) in &plan.tokens {
-        conn.prepare_cached(SPEND_TOKEN)?
-            .execute([s.limited, s.limited, s.quota, s.count, s.last, *id])?;
-    }
-    for (id, s) in &plan.users {
-        conn.prepare_cached(SPEND_USER)?
-            .execute([s.quota, s.quota, s.count, *id])?;
-    }
-    for (id, s) in &plan.channels {
-        conn.prepare_cached(SPEND_CHANNEL)?
-            .execute([s.quota, s.count, *id])?;
-    }
-    for (id, status) in &plan.statuses {
-        conn.prepare_cached(SET_TOKEN_STATUS)?
-            .execute([*status, *id])?;
+    for (sql, values) in plan.updates() {
+        conn.prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(values))?;
     }
     Ok(Staged::All(plan.committed()))
 }
