@@ -373,7 +373,7 @@ const SET_TOKEN_STATUS: &str = "UPDATE tokens SET status = ? WHERE id = ? AND st
 /// Commits one batch in one transaction, then tells the bank. The batch is
 /// lent to SQLite's blocking thread and is back in `batch` when this returns.
 async fn commit(store: &Store, bank: &QuotaBank, batch: &mut Vec<Entry>) -> Result<(), StoreError> {
-    if !batch.iter().any(|e| !matches!(e, Entry::Flush(_))) {
+    if batch.iter().all(|e| matches!(e, Entry::Flush(_))) {
         return Ok(());
     }
     match store.ledger_pool() {
@@ -483,11 +483,11 @@ fn stage_sqlite(
         // waiting.
         conn.execute_batch("BEGIN IMMEDIATE")?;
     }
-    let rows: Vec<&NewLog> = batch.iter().filter_map(Entry::row).collect();
-    let end = rows.len().min(done + PIECE_ROWS);
-    crate::store::insert_rows_sqlite(conn, rows.get(done..end).unwrap_or_default())?;
-    if end < rows.len() {
-        return Ok(Staged::Rows(end));
+    let mut rows = batch.iter().filter_map(Entry::row).skip(done);
+    let piece: Vec<&NewLog> = rows.by_ref().take(PIECE_ROWS).collect();
+    crate::store::insert_rows_sqlite(conn, &piece)?;
+    if rows.next().is_some() {
+        return Ok(Staged::Rows(done + piece.len()));
     }
     let plan = Plan::of(batch);
     for (sql, values) in plan.updates() {

@@ -6,9 +6,10 @@
 //! (a `String` per text value) on the writer's task, then handed to sqlx's
 //! worker thread, bound, stepped, and the statement's bindings cleared one by
 //! one after each run. That was ~22 k instructions a row, of which SQLite's
-//! own insert is ~10 k; now ~16 k in all (docs/performance.md, item 20). rusqlite binds the
-//! row's `&str`s straight from the queued row into a cached single-row
-//! statement. Both link the same `libsqlite3-sys`, so it is one SQLite.
+//! own insert is ~10 k. rusqlite binds the queued rows' `&str`s straight
+//! into multi-row statements kept prepared (`store::insert_rows_sqlite`):
+//! ~16 k a row in all (docs/performance.md, item 20). Both link the same
+//! `libsqlite3-sys`, so it is one SQLite.
 //!
 //! The connection is used on tokio's blocking threads (a few hand-offs a
 //! batch, not one per row), and by the ledger writer alone.
