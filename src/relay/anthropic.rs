@@ -15,11 +15,9 @@ use super::{Door, Head, gate, positive_max, read_body, request_id, required_mode
 use crate::billing::tokens;
 use crate::state::SharedState;
 
-/// Routes of the Anthropic dialect.
+/// Routes of the Anthropic dialect (`/v1/messages` is a [`super::HotDoor`]).
 pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/v1/messages", post(messages))
-        .route("/v1/messages/count_tokens", post(count_tokens))
+    Router::new().route("/v1/messages/count_tokens", post(count_tokens))
 }
 
 #[derive(Deserialize)]
@@ -43,7 +41,7 @@ fn read_head(body: &[u8]) -> Result<Head, RelayError> {
     })
 }
 
-async fn messages(State(state): State<SharedState>, req: Request) -> Response {
+pub(super) async fn messages(State(state): State<SharedState>, req: Request) -> Response {
     let door = Door {
         endpoint: Endpoint::Messages,
         dialect: Dialect::Anthropic,

@@ -32,12 +32,70 @@ use self::gate::Caller;
 use self::providers::Endpoint;
 use crate::state::SharedState;
 
-/// Relay routes.
+/// Relay routes, the hot doors among them.
 pub fn router() -> Router<SharedState> {
-    openai::router()
+    let mut r = openai::router()
         .merge(anthropic::router())
-        .merge(gemini::router())
-        .merge(responses::router())
+        .merge(gemini::router());
+    for (door, path) in HotDoor::ALL {
+        r = r.route(
+            path,
+            axum::routing::post(
+                move |axum::extract::State(s): axum::extract::State<SharedState>,
+                      req: axum::extract::Request| door.serve(s, req),
+            ),
+        );
+    }
+    r
+}
+
+/// The relay doors SDKs call on every call, which the server serves without
+/// axum's router (`server::front`): matching the route, the router's
+/// per-request boxes and extension inserts and the layers' futures were
+/// ~6 % of a relayed call's instructions. Each is also in [`router`] with
+/// the same handler, so any other method on the path still gets its 405.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotDoor {
+    Chat,
+    Completions,
+    Embeddings,
+    Messages,
+    Responses,
+}
+
+impl HotDoor {
+    /// Every hot door with its path (all `POST`).
+    pub const ALL: [(HotDoor, &'static str); 5] = [
+        (HotDoor::Chat, "/v1/chat/completions"),
+        (HotDoor::Completions, "/v1/completions"),
+        (HotDoor::Embeddings, "/v1/embeddings"),
+        (HotDoor::Messages, "/v1/messages"),
+        (HotDoor::Responses, "/v1/responses"),
+    ];
+
+    /// The hot door a request is for, if it is for one.
+    pub fn of(method: &axum::http::Method, path: &str) -> Option<HotDoor> {
+        if method != axum::http::Method::POST {
+            return None;
+        }
+        Self::ALL.iter().find(|(_, p)| *p == path).map(|(d, _)| *d)
+    }
+
+    /// Serves the call with the door's handler, the one [`router`] routes to.
+    pub async fn serve(
+        self,
+        state: SharedState,
+        req: axum::extract::Request,
+    ) -> axum::response::Response {
+        use axum::extract::State;
+        match self {
+            HotDoor::Chat => openai::chat(State(state), req).await,
+            HotDoor::Completions => openai::completions(State(state), req).await,
+            HotDoor::Embeddings => openai::embeddings(State(state), req).await,
+            HotDoor::Messages => anthropic::messages(State(state), req).await,
+            HotDoor::Responses => responses::responses(State(state), req).await,
+        }
+    }
 }
 
 /// What a door reads from a body before routing.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -15,12 +15,9 @@ use super::providers::Endpoint;
 use super::{Door, Head, gate, positive_max, request_id, required_model, serve};
 use crate::state::SharedState;
 
-/// Routes of the OpenAI dialect.
+/// Routes of the OpenAI dialect (its call doors are [`super::HotDoor`]s).
 pub fn router() -> Router<SharedState> {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/dashboard/billing/subscription", get(subscription))
         .route("/dashboard/billing/subscription", get(subscription))
@@ -28,15 +25,15 @@ pub fn router() -> Router<SharedState> {
         .route("/dashboard/billing/usage", get(usage))
 }
 
-async fn chat(State(s): State<SharedState>, req: Request) -> Response {
+pub(super) async fn chat(State(s): State<SharedState>, req: Request) -> Response {
     call(s, req, Endpoint::ChatCompletions).await
 }
 
-async fn completions(State(s): State<SharedState>, req: Request) -> Response {
+pub(super) async fn completions(State(s): State<SharedState>, req: Request) -> Response {
     call(s, req, Endpoint::Completions).await
 }
 
-async fn embeddings(State(s): State<SharedState>, req: Request) -> Response {
+pub(super) async fn embeddings(State(s): State<SharedState>, req: Request) -> Response {
     call(s, req, Endpoint::Embeddings).await
 }
 

@@ -2,21 +2,14 @@
 //! call goes to any channel through the hub format (see
 //! `providers/responses.rs`); errors are OpenAI-shaped.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::routing::post;
 use serde::Deserialize;
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::Endpoint;
 use super::{Door, Head, positive_max, required_model, serve};
 use crate::state::SharedState;
-
-/// Routes of the Responses dialect.
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/v1/responses", post(responses))
-}
 
 #[derive(Deserialize)]
 struct ResponsesHead<'a> {
@@ -50,7 +43,7 @@ fn read_head(body: &[u8]) -> Result<Head, RelayError> {
     })
 }
 
-async fn responses(State(state): State<SharedState>, req: Request) -> Response {
+pub(super) async fn responses(State(state): State<SharedState>, req: Request) -> Response {
     let door = Door {
         endpoint: Endpoint::Responses,
         dialect: Dialect::OpenAi,

@@ -1,6 +1,7 @@
 //! Process wiring: build the state, bootstrap the root user, assemble the
 //! router, serve until told to stop, then drain.
 
+mod front;
 mod serving;
 
 use std::net::SocketAddr;
@@ -10,13 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Request};
+use axum::http::{HeaderValue, Request};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::RequestId;
 
 use crate::auth::{AuthError, Secrets, keys, password, role};
 use crate::billing::bank::{LocalBank, QuotaBank};
@@ -62,23 +61,21 @@ impl Writer {
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Request ids: time-ordered, unique per process, cheap (no syscall).
-#[derive(Clone)]
 struct RequestIds {
-    prefix: Arc<str>,
-    counter: Arc<AtomicU64>,
+    prefix: String,
+    counter: AtomicU64,
 }
 
 impl RequestIds {
     fn new() -> Self {
         RequestIds {
-            prefix: Arc::from(keys::random_alnum(8)),
-            counter: Arc::new(AtomicU64::new(0)),
+            prefix: keys::random_alnum(8),
+            counter: AtomicU64::new(0),
         }
     }
-}
 
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+    /// The next id.
+    fn next(&self) -> Option<RequestId> {
         // `{now}{n:012x}{prefix}`, built without the formatter (it was ~2 % of
         // a relayed call's instructions).
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -283,11 +280,13 @@ async fn wrong_method(
     r
 }
 
-/// What serves every request: the router inside the layers every request
-/// passes. The layers wrap the whole router rather than each route
-/// (`Router::layer`): axum clones a route's boxed service for every request,
-/// and each layer applied per route added boxes to that clone (15 allocations
-/// a call). Unknown routes get request ids too.
+/// What serves every request: [`front::Front`] (request ids, the relay's hot
+/// doors, axum's router for the rest) inside the body deadline. The body
+/// limit layer wraps the router only: it is read by axum's extractors, and
+/// the relay reads bodies with its own limit. Layers wrap the whole router
+/// rather than each route (`Router::layer`): axum clones a route's boxed
+/// service for every request, and each layer applied per route added boxes
+/// to that clone (15 allocations a call).
 pub fn app(
     state: SharedState,
 ) -> impl tower::Service<
@@ -301,21 +300,20 @@ pub fn app(
 + 'static {
     let max_body = state.config.max_body_bytes;
     let body_timeout_ms = state.config.client_body_timeout_ms;
-    let header = HeaderName::from_static(REQUEST_ID_HEADER);
     let router = Router::new()
         .merge(crate::api::router())
         .merge(crate::relay::router())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .with_state(state);
+        .with_state(state.clone());
+    let router = tower::ServiceBuilder::new()
+        .layer(DefaultBodyLimit::max(max_body))
+        .service(router);
     tower::ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(header.clone(), RequestIds::new()))
-        .layer(PropagateRequestIdLayer::new(header))
         .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
             std::time::Duration::from_millis(body_timeout_ms.max(1)),
         ))
-        .layer(DefaultBodyLimit::max(max_body))
-        .service(router)
+        .service(front::Front::new(state, router))
 }
 
 /// A server running in the background (used by `main` and by tests).
@@ -402,10 +400,9 @@ mod tests {
     /// unique, and ordered by time then by counter.
     #[test]
     fn request_ids_are_seconds_counter_prefix() {
-        let mut ids = RequestIds::new();
-        let req = Request::new(());
-        let mut next = || {
-            let id = ids.make_request_id(&req).unwrap();
+        let ids = RequestIds::new();
+        let next = || {
+            let id = ids.next().unwrap();
             id.header_value().to_str().unwrap().to_string()
         };
         let (a, b) = (next(), next());

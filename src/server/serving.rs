@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::REQUEST_ID_HEADER;
 use crate::config::Config;
 
 /// Per-connection limits against slow or oversized clients.
@@ -287,9 +286,6 @@ async fn serve_lane<A>(
             };
             let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                // Request ids are ours (they key the ledger): a client's own
-                // is dropped, not adopted.
-                req.headers_mut().remove(REQUEST_ID_HEADER);
                 app.clone().oneshot(req)
             });
             let io = TokioIo::new(tcp);
