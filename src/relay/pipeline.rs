@@ -38,33 +38,31 @@ pub enum Attempt {
 
 /// Forwards the call and answers in the caller's dialect.
 pub async fn forward(state: &SharedState, call: Call) -> Response {
-    let rid = call.request_id.clone();
-    let dialect = call.dialect;
-    match run(state, call).await {
+    match run(state, &call).await {
         Ok(r) => r,
-        Err(e) => e.into_dialect(dialect, &rid),
+        Err(e) => e.into_dialect(call.dialect, &call.request_id),
     }
 }
 
-async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
+async fn run(state: &SharedState, call: &Call) -> Result<Response, RelayError> {
     let snap = state.routing.load_full();
     let opts = state.options.load_full();
-    let group = call.caller.group.clone();
+    let group = &call.caller.group;
     if let Some(pin) = call.caller.pinned {
         // A pin chooses the channel, not whether it may serve: a disabled
         // channel stays disabled (its models are not checked, as in new-api,
         // so an admin can probe a model before listing it).
         match snap.channel(pin) {
-            None => return Err(errors::no_channel(&group, &call.model)),
+            None => return Err(errors::no_channel(group, &call.model)),
             Some(ch) if ch.status != channel_status::ENABLED => {
                 return Err(errors::channel_disabled(pin));
             }
             Some(_) => {}
         }
-    } else if !snap.serves(&group, &call.model) {
-        return Err(errors::no_channel(&group, &call.model));
+    } else if !snap.serves(group, &call.model) {
+        return Err(errors::no_channel(group, &call.model));
     }
-    let price = Price::of(&opts, &call.model, &group)
+    let price = Price::of(&opts, &call.model, group)
         .map_err(|e| RelayError::new(Kind::InvalidRequest, "model_price_error", e.to_string()))?;
     let limits = crate::ratelimit::plan(&call.caller, &opts);
     if let Some(refused) = state
@@ -88,7 +86,7 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
         )
         .await
         .map_err(errors::bank)?;
-    let mut tab = Tab::new(state.clone(), &call, price, reservation, limits);
+    let mut tab = Tab::new(state.clone(), call, price, reservation, limits);
     let attempts = if call.caller.pinned.is_some() {
         1
     } else {
@@ -98,14 +96,14 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
     for _ in 0..attempts {
         let ch = match call.caller.pinned {
             Some(id) => snap.channel(id).cloned(),
-            None => snap.pick_where(&group, &call.model, &tab.tried, |c| {
+            None => snap.pick_where(group, &call.model, &tab.tried, |c| {
                 providers::route(call.endpoint, c.kind).is_some()
             }),
         };
         let Some(ch) = ch else { break };
         tab.tried.push(ch.id);
         // Boxed for the size of `run`'s future (see `relay::serve`).
-        match Box::pin(attempt(state, &call, &ch, tab)).await {
+        match Box::pin(attempt(state, call, &ch, tab)).await {
             Ok(resp) => return Ok(resp),
             Err((e, back)) => {
                 tab = back;
@@ -113,8 +111,8 @@ async fn run(state: &SharedState, call: Call) -> Result<Response, RelayError> {
             }
         }
     }
-    let err = last.unwrap_or_else(|| errors::no_channel(&group, &call.model));
-    log_failure(state, &call, &tab, &err).await;
+    let err = last.unwrap_or_else(|| errors::no_channel(group, &call.model));
+    log_failure(state, call, &tab, &err).await;
     Err(err)
 }
 

@@ -301,6 +301,7 @@ impl Tab {
             tried_channels: &self.tried,
             client_disconnected: self.client_disconnected,
         };
+        let other = other_json(&other);
         let log = NewLog {
             created_at: now(),
             log_type: log_type::CONSUME,
@@ -318,8 +319,8 @@ impl Tab {
             is_stream: self.is_stream,
             ip: std::mem::take(&mut self.ip),
             group: std::mem::take(&mut self.group),
-            request_id: self.request_id.clone(),
-            other: other_json(&other),
+            request_id: std::mem::take(&mut self.request_id),
+            other,
         };
         Some(Entry::Charge(Box::new(Charge {
             log,
