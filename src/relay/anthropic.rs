@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::{Endpoint, anthropic};
-use super::{Door, Head, gate, positive_max, read_body, request_id, required_model, serve};
+use super::{Door, Head, Origin, gate, positive_max, read_body, request_id, required_model, serve};
 use crate::billing::tokens;
 use crate::state::SharedState;
 
@@ -41,14 +41,17 @@ fn read_head(body: &[u8]) -> Result<Head, RelayError> {
     })
 }
 
-pub(super) async fn messages(State(state): State<SharedState>, req: Request) -> Response {
+pub(super) async fn messages(state: SharedState, req: Request, origin: Origin) -> Response {
     let door = Door {
         endpoint: Endpoint::Messages,
         dialect: Dialect::Anthropic,
         name: "anthropic",
     };
-    let rid = request_id_of(&req);
-    with_request_id(serve(state, req, door, |b| read_head(b)).await, &rid)
+    let rid = origin.request_id.clone();
+    with_request_id(
+        serve(state, req, origin, door, |b| read_head(b)).await,
+        &rid,
+    )
 }
 
 fn request_id_of(req: &Request) -> String {
@@ -82,7 +85,7 @@ async fn count_tokens_inner(state: SharedState, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rid = request_id(&parts);
     let result = async {
-        let caller = gate::admit(&state, &parts).await?;
+        let caller = gate::admit(&state, &parts, super::peer(&parts)).await?;
         let body = read_body(body, state.config.max_body_bytes).await?;
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;

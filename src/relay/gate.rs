@@ -2,10 +2,9 @@
 //! error: key exists; token enabled; not expired; quota left; client IP
 //! allowed; model allowed; user enabled with quota; a channel exists.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 
 use super::error::{RelayError, errors};
@@ -60,8 +59,10 @@ pub fn raw_key(parts: &Parts) -> Option<&str> {
 }
 
 /// Checks the key, token, IP and user (everything but the model, which
-/// needs the body, and the channel, which needs the model).
-pub async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, RelayError> {
+/// needs the body, and the channel, which needs the model). `peer` is the
+/// TCP peer ([`super::Origin`]); the client's address is read from the
+/// forwarding headers only when the peer is a trusted proxy.
+pub async fn admit(state: &AppState, parts: &Parts, peer: IpAddr) -> Result<Caller, RelayError> {
     let raw = raw_key(parts).ok_or_else(errors::missing_key)?;
     let (body, pin) = keys::parse_api_key(raw);
     if body.is_empty() || body.len() > 128 {
@@ -105,11 +106,6 @@ pub async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, RelayError
             return Err(errors::token_exhausted());
         }
     }
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let ip = client_ip(peer, &parts.headers, &state.config.trusted_proxies);
     if !limits::ip_allowed(&entry.allow_ips, ip) {
         return Err(errors::ip_not_allowed(&ip.to_string()));

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::{Endpoint, gemini};
-use super::{Door, Head, gate, read_body, request_id, serve};
+use super::{Door, Head, Origin, gate, read_body, request_id, serve};
 use crate::billing::tokens;
 use crate::state::SharedState;
 
@@ -42,14 +42,18 @@ async fn dispatch(
         name: "gemini",
     };
     match action {
-        "generateContent" => serve(state, req, door, |b| read_head(b, model, false)).await,
+        "generateContent" => {
+            let origin = Origin::of(&req);
+            serve(state, req, origin, door, |b| read_head(b, model, false)).await
+        }
         "streamGenerateContent" => {
             // Without `alt=sse` Google streams one JSON array instead of SSE.
             let sse = req
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
-            let resp = serve(state, req, door, |b| read_head(b, model, true)).await;
+            let origin = Origin::of(&req);
+            let resp = serve(state, req, origin, door, |b| read_head(b, model, true)).await;
             if sse { resp } else { json_array(resp) }
         }
         "countTokens" => count_tokens(state, req, model).await,
@@ -104,7 +108,7 @@ async fn count_tokens(state: SharedState, req: Request, model: String) -> Respon
     let (parts, body) = req.into_parts();
     let rid = request_id(&parts);
     let result = async {
-        let caller = gate::admit(&state, &parts).await?;
+        let caller = gate::admit(&state, &parts, super::peer(&parts)).await?;
         let body = read_body(body, state.config.max_body_bytes).await?;
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;

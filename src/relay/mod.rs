@@ -19,10 +19,12 @@ pub mod stream;
 pub mod tab;
 pub mod upstream;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use bytes::Bytes;
 use tower_http::request_id::RequestId;
@@ -42,11 +44,47 @@ pub fn router() -> Router<SharedState> {
             path,
             axum::routing::post(
                 move |axum::extract::State(s): axum::extract::State<SharedState>,
-                      req: axum::extract::Request| door.serve(s, req),
+                      req: axum::extract::Request| {
+                    let origin = Origin::of(&req);
+                    door.serve(s, req, origin)
+                },
             ),
         );
     }
     r
+}
+
+/// Who sent a call and the id it was given. The front passes it to a hot
+/// door directly; on the router's routes it comes from the request's
+/// extensions (`ConnectInfo`, `RequestId`), which the front puts there.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The TCP peer (the client, or the proxy in front of it).
+    pub peer: IpAddr,
+    pub request_id: String,
+}
+
+impl Origin {
+    /// The origin the front recorded in a routed request's extensions.
+    pub fn of<B>(req: &axum::http::Request<B>) -> Origin {
+        Origin {
+            peer: peer_in(req.extensions()),
+            request_id: request_id_in(req.extensions()),
+        }
+    }
+}
+
+fn peer_in(ext: &axum::http::Extensions) -> IpAddr {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn request_id_in(ext: &axum::http::Extensions) -> String {
+    ext.get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The relay doors SDKs call on every call, which the server serves without
@@ -86,14 +124,14 @@ impl HotDoor {
         self,
         state: SharedState,
         req: axum::extract::Request,
+        origin: Origin,
     ) -> axum::response::Response {
-        use axum::extract::State;
         match self {
-            HotDoor::Chat => openai::chat(State(state), req).await,
-            HotDoor::Completions => openai::completions(State(state), req).await,
-            HotDoor::Embeddings => openai::embeddings(State(state), req).await,
-            HotDoor::Messages => anthropic::messages(State(state), req).await,
-            HotDoor::Responses => responses::responses(State(state), req).await,
+            HotDoor::Chat => openai::call(state, req, origin, Endpoint::ChatCompletions).await,
+            HotDoor::Completions => openai::call(state, req, origin, Endpoint::Completions).await,
+            HotDoor::Embeddings => openai::call(state, req, origin, Endpoint::Embeddings).await,
+            HotDoor::Messages => anthropic::messages(state, req, origin).await,
+            HotDoor::Responses => responses::responses(state, req, origin).await,
         }
     }
 }
@@ -123,14 +161,15 @@ pub struct Door {
 pub async fn serve(
     state: SharedState,
     req: axum::extract::Request,
+    origin: Origin,
     door: Door,
     read_head: impl FnOnce(&Bytes) -> Result<Head, RelayError>,
 ) -> axum::response::Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let rid = request_id(&parts);
+    let rid = origin.request_id;
     let prepared = async {
-        let caller = gate::admit(&state, &parts).await?;
+        let caller = gate::admit(&state, &parts, origin.peer).await?;
         let body = read_body(body, state.config.max_body_bytes).await?;
         // serde reads a struct from a JSON array too (by position); every
         // door's body is an object.
@@ -218,14 +257,14 @@ pub struct Call {
     pub started: Instant,
 }
 
-/// The request id the id layer put on the request.
+/// The request id the front put on a routed request.
 pub fn request_id(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<RequestId>()
-        .and_then(|r| r.header_value().to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+    request_id_in(&parts.extensions)
+}
+
+/// The TCP peer the front put on a routed request.
+pub fn peer(parts: &Parts) -> IpAddr {
+    peer_in(&parts.extensions)
 }
 
 /// The caller's SDK, from its User-Agent (`OpenAI/Python 1.2.3` → `OpenAI/Python`).
@@ -301,7 +340,10 @@ mod tests {
             name: "openai",
         };
         let req = axum::extract::Request::new(axum::body::Body::empty());
-        let fut = serve(state, req, door, |_| Err(errors::bad_request("unused")));
+        let origin = Origin::of(&req);
+        let fut = serve(state, req, origin, door, |_| {
+            Err(errors::bad_request("unused"))
+        });
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 4 * 1024, "a relay call's future is {size} bytes");
     }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::Endpoint;
-use super::{Door, Head, gate, positive_max, request_id, required_model, serve};
+use super::{Door, Head, Origin, gate, positive_max, request_id, required_model, serve};
 use crate::state::SharedState;
 
 /// Routes of the OpenAI dialect (its call doors are [`super::HotDoor`]s).
@@ -23,18 +23,6 @@ pub fn router() -> Router<SharedState> {
         .route("/dashboard/billing/subscription", get(subscription))
         .route("/v1/dashboard/billing/usage", get(usage))
         .route("/dashboard/billing/usage", get(usage))
-}
-
-pub(super) async fn chat(State(s): State<SharedState>, req: Request) -> Response {
-    call(s, req, Endpoint::ChatCompletions).await
-}
-
-pub(super) async fn completions(State(s): State<SharedState>, req: Request) -> Response {
-    call(s, req, Endpoint::Completions).await
-}
-
-pub(super) async fn embeddings(State(s): State<SharedState>, req: Request) -> Response {
-    call(s, req, Endpoint::Embeddings).await
 }
 
 #[derive(Deserialize)]
@@ -63,13 +51,19 @@ struct OpenAiHead<'a> {
 /// Most choices one call may ask for.
 pub const MAX_N: i64 = 128;
 
-async fn call(state: SharedState, req: Request, ep: Endpoint) -> Response {
+/// A call through one of the OpenAI doors (chat, completions, embeddings).
+pub(super) async fn call(
+    state: SharedState,
+    req: Request,
+    origin: Origin,
+    ep: Endpoint,
+) -> Response {
     let door = Door {
         endpoint: ep,
         dialect: Dialect::OpenAi,
         name: "openai",
     };
-    serve(state, req, door, |body| read_head(body, ep)).await
+    serve(state, req, origin, door, |body| read_head(body, ep)).await
 }
 
 /// Reads an OpenAI body's model, stream flag and output cap (× n).
@@ -142,7 +136,7 @@ async fn callable_models(
     state: &SharedState,
     parts: &axum::http::request::Parts,
 ) -> Result<Vec<String>, RelayError> {
-    let caller = gate::admit(state, parts).await?;
+    let caller = gate::admit(state, parts, super::peer(parts)).await?;
     let snap = state.routing.load();
     Ok(snap
         .models_for([caller.group.as_str()])
@@ -167,7 +161,7 @@ fn usd(state: &SharedState, quota: i64) -> f64 {
 async fn subscription(State(state): State<SharedState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let rid = request_id(&parts);
-    let caller = match gate::admit(&state, &parts).await {
+    let caller = match gate::admit(&state, &parts, super::peer(&parts)).await {
         Ok(c) => c,
         Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
     };
@@ -207,7 +201,7 @@ async fn subscription(State(state): State<SharedState>, req: Request) -> Respons
 async fn usage(State(state): State<SharedState>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let rid = request_id(&parts);
-    let caller = match gate::admit(&state, &parts).await {
+    let caller = match gate::admit(&state, &parts, super::peer(&parts)).await {
         Ok(c) => c,
         Err(e) => return e.into_dialect(Dialect::OpenAi, &rid),
     };

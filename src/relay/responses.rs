@@ -2,13 +2,13 @@
 //! call goes to any channel through the hub format (see
 //! `providers/responses.rs`); errors are OpenAI-shaped.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::Endpoint;
-use super::{Door, Head, positive_max, required_model, serve};
+use super::{Door, Head, Origin, positive_max, required_model, serve};
 use crate::state::SharedState;
 
 #[derive(Deserialize)]
@@ -43,11 +43,11 @@ fn read_head(body: &[u8]) -> Result<Head, RelayError> {
     })
 }
 
-pub(super) async fn responses(State(state): State<SharedState>, req: Request) -> Response {
+pub(super) async fn responses(state: SharedState, req: Request, origin: Origin) -> Response {
     let door = Door {
         endpoint: Endpoint::Responses,
         dialect: Dialect::OpenAi,
         name: "responses",
     };
-    serve(state, req, door, |b| read_head(b)).await
+    serve(state, req, origin, door, |b| read_head(b)).await
 }

@@ -6,21 +6,28 @@
 //! route, the router's boxed service and future, its `OriginalUri` /
 //! `MatchedPath` / body-limit extensions and tower-http's two request-id
 //! layers cost ~6 % of the call's instructions (docs/performance.md, item
-//! 21); here a hot call costs one boxed future and the id.
+//! 21); here a hot call costs one boxed future and the id, and who sent it
+//! reaches the handler as a [`Origin`] rather than through the request's
+//! extension map (routed requests still get `ConnectInfo` and `RequestId`
+//! extensions, which axum handlers read).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, Request};
 use axum::response::Response;
 use tower::ServiceExt;
+use tower_http::timeout::DeadlineBody;
 
+use super::serving::App;
 use super::{REQUEST_ID_HEADER, RequestIds};
-use crate::relay::HotDoor;
+use crate::relay::{HotDoor, Origin};
 use crate::state::SharedState;
 
 /// See the module doc.
@@ -38,23 +45,24 @@ struct Inner<R> {
     router: R,
     ids: RequestIds,
     header: HeaderName,
+    /// Time a client has to send a request's body.
+    body_deadline: Duration,
 }
 
 impl<R> Front<R> {
-    pub(super) fn new(state: SharedState, router: R) -> Front<R> {
+    pub(super) fn new(state: SharedState, router: R, body_deadline: Duration) -> Front<R> {
         Front(Arc::new(Inner {
             state,
             router,
             ids: RequestIds::new(),
             header: HeaderName::from_static(REQUEST_ID_HEADER),
+            body_deadline,
         }))
     }
 }
 
-impl<B, R> tower::Service<Request<B>> for Front<R>
+impl<R> Front<R>
 where
-    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
     R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
         + Clone
         + Send
@@ -62,32 +70,46 @@ where
         + 'static,
     R::Future: Send,
 {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    /// Serves `req` from `peer` (see the module doc).
+    fn call<B>(&self, req: Request<B>, peer: SocketAddr) -> ResponseFuture
+    where
+        B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let inner = self.0.clone();
-        let mut req = req.map(Body::new);
+        let mut req = req.map(|b| Body::new(DeadlineBody::new(inner.body_deadline, b)));
         // Request ids are ours (they key the ledger): a client's own is
-        // dropped, not adopted. Handlers read the id from the extension.
+        // dropped, not adopted.
         req.headers_mut().remove(&inner.header);
         let id = inner.ids.next();
-        if let Some(id) = &id {
-            req.extensions_mut().insert(id.clone());
-        }
         let door = HotDoor::of(req.method(), req.uri().path());
         Box::pin(async move {
             let mut resp = match door {
-                Some(door) => door.serve(inner.state.clone(), req).await,
-                None => match inner.router.clone().oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
+                // Who sent it and its id go to the handler directly: the
+                // request's extension map and its boxes are not needed.
+                Some(door) => {
+                    let request_id = id
+                        .as_ref()
+                        .and_then(|i| i.header_value().to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let origin = Origin {
+                        peer: peer.ip(),
+                        request_id,
+                    };
+                    door.serve(inner.state.clone(), req, origin).await
+                }
+                // Routed handlers read them from the extensions.
+                None => {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(id) = &id {
+                        req.extensions_mut().insert(id.clone());
+                    }
+                    match inner.router.clone().oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                }
             };
             if let Some(id) = id {
                 resp.headers_mut()
@@ -95,6 +117,25 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+/// What the front's answer to one request is.
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<R> App for Front<R>
+where
+    R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Future: Send,
+{
+    type Future = ResponseFuture;
+
+    fn serve(&self, req: Request<hyper::body::Incoming>, peer: SocketAddr) -> ResponseFuture {
+        self.call(req, peer)
     }
 }
 
@@ -116,20 +157,15 @@ mod tests {
         (state, writer, dir)
     }
 
-    async fn call(
-        svc: impl tower::Service<Request<Body>, Response = Response, Error = Infallible>,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Option<String>, serde_json::Value) {
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
         let mut req = Request::builder().method(method).uri(path);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = svc
-            .oneshot(req.body(Body::from("{}")).unwrap())
-            .await
-            .unwrap();
+        req.body(Body::from("{}")).unwrap()
+    }
+
+    async fn read(resp: Response) -> (StatusCode, Option<String>, serde_json::Value) {
         let status = resp.status();
         let id = resp
             .headers()
@@ -141,6 +177,41 @@ mod tests {
             id,
             serde_json::from_slice(&body).unwrap_or_default(),
         )
+    }
+
+    const PEER: &str = "127.0.0.1:40000";
+
+    async fn call<R>(
+        front: &Front<R>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>, serde_json::Value)
+    where
+        R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        R::Future: Send,
+    {
+        let resp = front
+            .call(request(method, path, headers), PEER.parse().unwrap())
+            .await
+            .unwrap();
+        read(resp).await
+    }
+
+    async fn route(
+        router: Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
+        let mut req = request(method, path, headers);
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(PEER.parse().unwrap()));
+        read(router.oneshot(req).await.unwrap()).await
     }
 
     /// A hot door answers as the router's route for the same path does (the
@@ -156,7 +227,7 @@ mod tests {
                 .method_not_allowed_fallback(super::super::wrong_method)
                 .with_state(state.clone())
         };
-        let front = Front::new(state.clone(), router());
+        let front = Front::new(state.clone(), router(), Duration::from_secs(5));
         let bad_key = [
             ("authorization", "Bearer sk-nosuchkey"),
             ("x-request-id", "forged"),
@@ -164,8 +235,8 @@ mod tests {
         for (door, path) in HotDoor::ALL {
             assert_eq!(HotDoor::of(&axum::http::Method::POST, path), Some(door));
             assert_eq!(HotDoor::of(&axum::http::Method::GET, path), None);
-            let (s_front, id, b_front) = call(front.clone(), "POST", path, &bad_key).await;
-            let (s_router, _, b_router) = call(router(), "POST", path, &bad_key).await;
+            let (s_front, id, b_front) = call(&front, "POST", path, &bad_key).await;
+            let (s_router, _, b_router) = route(router(), "POST", path, &bad_key).await;
             assert_eq!(s_front, StatusCode::UNAUTHORIZED, "{path}: {b_front}");
             let id = id.unwrap();
             assert_ne!(id, "forged", "{path}");
@@ -177,14 +248,14 @@ mod tests {
             assert!(b_front.contains(&quoted), "{path}: {b_front}");
             assert_eq!(s_router, s_front, "{path}");
             assert_eq!(b_front.replace(&quoted, ""), b_router.to_string(), "{path}");
-            let (s, id, _) = call(front.clone(), "GET", path, &[]).await;
+            let (s, id, _) = call(&front, "GET", path, &[]).await;
             assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{path}");
             assert!(id.is_some(), "{path}");
         }
         // Ids differ call to call, on both branches.
-        let (_, a, _) = call(front.clone(), "POST", "/v1/chat/completions", &[]).await;
-        let (_, b, _) = call(front.clone(), "POST", "/v1/chat/completions", &[]).await;
-        let (_, c, _) = call(front.clone(), "GET", "/v1/models", &[]).await;
+        let (_, a, _) = call(&front, "POST", "/v1/chat/completions", &[]).await;
+        let (_, b, _) = call(&front, "POST", "/v1/chat/completions", &[]).await;
+        let (_, c, _) = call(&front, "GET", "/v1/models", &[]).await;
         assert!(a.is_some() && b.is_some() && c.is_some());
         assert!(a != b && b != c && a != c);
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Request};
+use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -280,26 +280,17 @@ async fn wrong_method(
     r
 }
 
-/// What serves every request: [`front::Front`] (request ids, the relay's hot
-/// doors, axum's router for the rest) inside the body deadline. The body
+/// What serves every request: [`front::Front`] (request ids, the body
+/// deadline, the relay's hot doors, axum's router for the rest). The body
 /// limit layer wraps the router only: it is read by axum's extractors, and
 /// the relay reads bodies with its own limit. Layers wrap the whole router
 /// rather than each route (`Router::layer`): axum clones a route's boxed
 /// service for every request, and each layer applied per route added boxes
 /// to that clone (15 allocations a call).
-pub fn app(
-    state: SharedState,
-) -> impl tower::Service<
-    Request<hyper::body::Incoming>,
-    Response = axum::response::Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
+fn app(state: SharedState) -> impl serving::App {
     let max_body = state.config.max_body_bytes;
-    let body_timeout_ms = state.config.client_body_timeout_ms;
+    let body_deadline =
+        std::time::Duration::from_millis(state.config.client_body_timeout_ms.max(1));
     let router = Router::new()
         .merge(crate::api::router())
         .merge(crate::relay::router())
@@ -309,11 +300,7 @@ pub fn app(
     let router = tower::ServiceBuilder::new()
         .layer(DefaultBodyLimit::max(max_body))
         .service(router);
-    tower::ServiceBuilder::new()
-        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(
-            std::time::Duration::from_millis(body_timeout_ms.max(1)),
-        ))
-        .service(front::Front::new(state, router))
+    front::Front::new(state, router, body_deadline)
 }
 
 /// A server running in the background (used by `main` and by tests).

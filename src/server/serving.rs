@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +22,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::config::Config;
 
@@ -48,29 +46,16 @@ impl From<&Config> for ConnLimits {
 
 type Handoff = (std::net::TcpStream, SocketAddr);
 
-/// What serves the requests of a connection ([`super::app`]).
-pub(super) trait App:
-    tower::Service<
-        Request<hyper::body::Incoming>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> App for T where
-    T: tower::Service<
-            Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
+/// What serves the requests of a connection ([`super::app`]): each request
+/// with the address of the peer that sent it.
+pub(super) trait App: Clone + Send + Sync + 'static {
+    /// A request's answer.
+    type Future: std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
         + Send
-        + Sync
-        + 'static
-{
+        + 'static;
+
+    /// Serves `req`, which came from `peer`.
+    fn serve(&self, req: Request<hyper::body::Incoming>, peer: SocketAddr) -> Self::Future;
 }
 
 /// One serving thread, seen from the acceptor.
@@ -122,7 +107,6 @@ impl Lanes {
     ) -> std::io::Result<Lanes>
     where
         A: App,
-        A::Future: Send + 'static,
     {
         let release = CancellationToken::new();
         let mut lanes = Vec::with_capacity(n);
@@ -252,7 +236,6 @@ async fn serve_lane<A>(
     open: Arc<AtomicUsize>,
 ) where
     A: App,
-    A::Future: Send + 'static,
 {
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
@@ -284,10 +267,7 @@ async fn serve_lane<A>(
                 p = first_bytes_within(&tcp, limits.header_timeout) => p,
                 _ = stopping.cancelled() => None,
             };
-            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req)
-            });
+            let svc = hyper::service::service_fn(move |req| app.serve(req, peer));
             let io = TokioIo::new(tcp);
             let served = match proto {
                 None => return,
