@@ -61,15 +61,7 @@ impl<R> Front<R> {
     }
 }
 
-impl<R> Front<R>
-where
-    R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R::Future: Send,
-{
+impl<R: Routes> Front<R> {
     /// Serves `req` from `peer` (see the module doc).
     fn call<B>(&self, req: Request<B>, peer: SocketAddr) -> ResponseFuture
     where
@@ -120,18 +112,30 @@ where
     }
 }
 
-/// What the front's answer to one request is.
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+/// What the front sends every request that is not for a hot door to:
+/// axum's router.
+pub(super) trait Routes:
+    tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-impl<R> App for Front<R>
-where
-    R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+impl<T> Routes for T where
+    T: tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send>
         + Clone
         + Send
         + Sync
-        + 'static,
-    R::Future: Send,
+        + 'static
 {
+}
+
+/// What the front's answer to one request is.
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<R: Routes> App for Front<R> {
     type Future = ResponseFuture;
 
     fn serve(&self, req: Request<hyper::body::Incoming>, peer: SocketAddr) -> ResponseFuture {
@@ -181,20 +185,12 @@ mod tests {
 
     const PEER: &str = "127.0.0.1:40000";
 
-    async fn call<R>(
+    async fn call<R: Routes>(
         front: &Front<R>,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> (StatusCode, Option<String>, serde_json::Value)
-    where
-        R: tower::Service<Request<Body>, Response = Response, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        R::Future: Send,
-    {
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
         let resp = front
             .call(request(method, path, headers), PEER.parse().unwrap())
             .await
