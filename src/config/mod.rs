@@ -100,7 +100,7 @@ pub struct Config {
     #[arg(long, env = "LEDGER_MAX_BATCH", default_value_t = 1000)]
     pub ledger_max_batch: usize,
     /// Threads serving HTTP, each with its own single-threaded runtime and
-    /// upstream connection pool; 0 means one per CPU core.
+    /// upstream connection pool; 0 means one more than the CPU cores.
     #[arg(long, env = "SLUICE_SERVE_THREADS", default_value_t = 0)]
     pub serve_threads: usize,
 }
@@ -137,10 +137,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// How many serving threads to run: `serve_threads`, or one per core.
+    /// How many serving threads to run: `serve_threads`, or one more than
+    /// the cores (a CPU limit counts as the cores). The process has other
+    /// busy threads (SQLite's, the main runtime's): with one lane per core,
+    /// whichever lane shares a core with them serves its connections at
+    /// part speed; one lane more spreads that cost (+4-6 % throughput on
+    /// the 2-core benchmark, docs/performance.md item 22).
     pub fn serve_threads(&self) -> usize {
         match self.serve_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()) + 1,
             n => n,
         }
     }
@@ -181,4 +186,23 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("'{s}' is not an IP address or CIDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 0 serving threads means one more than the cores; a number is taken
+    /// as it is.
+    #[test]
+    fn serve_threads_default_to_one_more_than_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = Config::default();
+        assert_eq!(auto.serve_threads(), cores + 1);
+        let set = Config {
+            serve_threads: 2,
+            ..Config::default()
+        };
+        assert_eq!(set.serve_threads(), 2);
+    }
 }
