@@ -1,5 +1,6 @@
-//! Serving threads ("lanes"): one per core, each a single-threaded tokio
-//! runtime that owns the connections it is given. A request, its upstream
+//! Serving threads ("lanes"): one more than the cores by default
+//! (`Config::serve_threads`), each a single-threaded tokio runtime that owns
+//! the connections it is given. A request, its upstream
 //! call (the lane's own connection pool, `relay::upstream`) and its response
 //! stay on one thread: no work-stealing hand-offs and no cross-thread
 //! wake-ups per call, which cost ~13 % of the CPU per relayed call on one
