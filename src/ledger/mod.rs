@@ -77,7 +77,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             queue: 20_000,
-            max_batch: 1000,
+            max_batch: 400,
             window: Duration::from_millis(50),
         }
     }
