@@ -94,12 +94,10 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub upstream_idle_timeout_ms: u64,
     /// Ledger batch window, milliseconds (this much, plus the commit in flight, is lost on SIGKILL).
-    #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = 50)]
+    #[arg(long, env = "LEDGER_WINDOW_MS", default_value_t = crate::ledger::DEFAULT_WINDOW_MS)]
     pub ledger_window_ms: u64,
-    /// Most rows the ledger writer commits in one transaction (400: under
-    /// load a commit every ~9 ms at 45 k calls/s; larger batches cost the
-    /// calls' tail, smaller ones more commits, docs/performance.md item 23).
-    #[arg(long, env = "LEDGER_MAX_BATCH", default_value_t = 400)]
+    /// Most rows the ledger writer commits in one transaction.
+    #[arg(long, env = "LEDGER_MAX_BATCH", default_value_t = crate::ledger::DEFAULT_MAX_BATCH)]
     pub ledger_max_batch: usize,
     /// Threads serving HTTP, each with its own single-threaded runtime and
     /// upstream connection pool; 0 means one more than the CPU cores.
@@ -131,8 +129,8 @@ impl Default for Config {
             upstream_connect_timeout_ms: 10_000,
             upstream_first_byte_timeout_ms: 300_000,
             upstream_idle_timeout_ms: 300_000,
-            ledger_window_ms: 50,
-            ledger_max_batch: 400,
+            ledger_window_ms: crate::ledger::DEFAULT_WINDOW_MS,
+            ledger_max_batch: crate::ledger::DEFAULT_MAX_BATCH,
             serve_threads: 0,
         }
     }
