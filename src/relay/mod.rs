@@ -307,9 +307,11 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, RelayError> {
 pub fn prompt_upper_bound(body: &[u8]) -> i64 {
     const IMAGE_TOKENS: i64 = 2_000;
     let mut total = body.len() as i64;
-    let finder = memchr::memmem::Finder::new(b"\"data:");
+    // Built once: a finder's set-up cost more than the search over a body.
+    static DATA_URL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"data:"));
     let mut at = 0;
-    while let Some(i) = finder.find(&body[at..]) {
+    while let Some(i) = DATA_URL.find(&body[at..]) {
         let start = at + i + 1;
         let len = memchr::memchr(b'"', &body[start..]).unwrap_or(body.len() - start);
         total = total - len as i64 + IMAGE_TOKENS;

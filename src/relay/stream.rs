@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::Call;
@@ -83,12 +85,16 @@ impl Tap for OpenAiTap {
             out.push(ev.raw.clone());
             return;
         }
-        if memchr::memmem::find(data, b"\"usage\"").is_some()
+        // Built once: a finder's set-up cost more than the search over an event.
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        static NO_CHOICES: LazyLock<Finder<'static>> =
+            LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+        if USAGE.find(data).is_some()
             && let Some(u) = tables::openai_usage(data)
         {
             self.usage = Some(u);
             self.kept.clear();
-            if self.hide_usage_chunk && memchr::memmem::find(data, b"\"choices\":[]").is_some() {
+            if self.hide_usage_chunk && NO_CHOICES.find(data).is_some() {
                 return;
             }
         }
