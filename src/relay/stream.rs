@@ -86,10 +86,9 @@ impl Tap for OpenAiTap {
             return;
         }
         // Built once: a finder's set-up cost more than the search over an event.
-        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
         static NO_CHOICES: LazyLock<Finder<'static>> =
             LazyLock::new(|| Finder::new(b"\"choices\":[]"));
-        if USAGE.find(data).is_some()
+        if tables::usage_key_at(data).is_some()
             && let Some(u) = tables::openai_usage(data)
         {
             self.usage = Some(u);

@@ -1,10 +1,10 @@
 //! Serving threads ("lanes"): one more than the cores by default
 //! (`Config::serve_threads`), each a single-threaded tokio runtime that owns
-//! the connections it is given. A request, its upstream
-//! call (the lane's own connection pool, `relay::upstream`) and its response
-//! stay on one thread: no work-stealing hand-offs and no cross-thread
-//! wake-ups per call, which cost ~13 % of the CPU per relayed call on one
-//! multi-threaded runtime (docs/performance.md).
+//! the connections it is given. A request, its upstream call (the lane's own
+//! connection pool, `relay::upstream`) and its response stay on one thread:
+//! no work-stealing hand-offs and no cross-thread wake-ups per call, which
+//! cost ~13 % of the CPU per relayed call on one multi-threaded runtime
+//! (docs/performance.md).
 //!
 //! One acceptor, on the caller's runtime, hands each new connection to the
 //! lane with the fewest open connections, so a burst of connections does not

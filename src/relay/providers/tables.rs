@@ -64,7 +64,7 @@ pub fn openai_usage_fast(body: &[u8]) -> Option<Usage> {
     if t.first() != Some(&b'{') || t.last() != Some(&b'}') {
         return None;
     }
-    let at = rfind_usage_key(t)?;
+    let at = usage_key_at(t)?;
     if at > 0 && t[at - 1] == b'\\' {
         return None;
     }
@@ -74,11 +74,12 @@ pub fn openai_usage_fast(body: &[u8]) -> Option<Usage> {
     OpenAiUsage::deserialize(&mut de).ok().map(|u| u.to_usage())
 }
 
-/// Where the last `"usage"` in `t` starts. OpenAI writes usage last, so
-/// this jumps back between `u`s (a SIMD `memrchr`) and usually stops at the
-/// first: cheaper than a substring searcher, which set up and stepped
-/// through the bytes after it at ~4 instructions each.
-fn rfind_usage_key(t: &[u8]) -> Option<usize> {
+/// Where the last `"usage"` in `t` starts (an OpenAI body or stream event).
+/// OpenAI writes usage last, so this jumps back between `u`s (a SIMD
+/// `memrchr`) and usually stops at the first: cheaper than a substring
+/// searcher, which set up and stepped through the bytes after it at ~4
+/// instructions each.
+pub fn usage_key_at(t: &[u8]) -> Option<usize> {
     let mut end = t.len();
     while let Some(u) = memchr::memrchr(b'u', &t[..end]) {
         if u > 0 && t[u - 1] == b'"' && t[u..].starts_with(b"usage\"") {
@@ -126,7 +127,7 @@ mod tests {
         ];
         for c in cases {
             let want = memchr::memmem::rfind(c, b"\"usage\"");
-            assert_eq!(rfind_usage_key(c), want, "{}", String::from_utf8_lossy(c));
+            assert_eq!(usage_key_at(c), want, "{}", String::from_utf8_lossy(c));
         }
     }
 
