@@ -551,3 +551,38 @@ async fn store_postgres() {
 async fn store_mysql() {
     suite(Db::Mysql).await;
 }
+
+/// A new SQLite file gets 8 KiB pages (the ledger's rows fit twice as many
+/// to a page); a file made before keeps its own size, which WAL mode fixes.
+#[tokio::test]
+async fn a_new_sqlite_file_has_8_kib_pages_and_an_old_one_keeps_its_own() {
+    use sqlx::Row;
+    let page_size = |s: Store| async move {
+        let n: i64 = sqlx::query("PRAGMA page_size")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        s.close().await;
+        n
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = format!("sqlite://{}?mode=rwc", dir.path().join("new.db").display());
+    let s = Store::connect(&fresh, 2).await.unwrap();
+    s.migrate().await.unwrap();
+    assert_eq!(page_size(s).await, 8192);
+
+    let old = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&old).unwrap();
+        c.pragma_update(None, "page_size", 4096).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+    }
+    let s = Store::connect(&format!("sqlite://{}", old.display()), 2)
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    assert_eq!(page_size(s).await, 4096);
+}
