@@ -2,6 +2,8 @@
 //! `:streamGenerateContent` (`?alt=sse`) and `:countTokens`, key in
 //! `x-goog-api-key` or `?key=`.
 
+use std::borrow::Cow;
+
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::error::{Dialect, RelayError, errors};
 use super::providers::{Endpoint, gemini};
-use super::{Door, Head, Origin, gate, read_body, request_id, serve};
+use super::{Door, Head, Origin, gate, read_body, serve};
 use crate::billing::tokens;
 use crate::state::SharedState;
 
@@ -25,15 +27,49 @@ pub fn router() -> Router<SharedState> {
         )
 }
 
-/// `models/{model}:{action}`: the model and the method share one segment.
+/// `models/{model}:{action}` through the router (the front sends `POST`s
+/// straight to [`hot`]; other methods and odd paths come here).
 async fn dispatch(
     State(state): State<SharedState>,
     Path(model_action): Path<String>,
     req: Request,
 ) -> Response {
+    let origin = Origin::of(&req);
+    call(state, req, origin, &model_action).await
+}
+
+/// The `{model}:{action}` segment of a Gemini door's path
+/// (`/v1beta/models/…` or `/v1/models/…`), percent-decoded as axum's
+/// `Path` decodes it; `None` for any other path, and for a segment that
+/// does not decode to UTF-8 (the router answers those as before).
+pub fn door_segment(path: &str) -> Option<Cow<'_, str>> {
+    let seg = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    if seg.is_empty() || seg.contains('/') {
+        return None;
+    }
+    percent_encoding::percent_decode_str(seg).decode_utf8().ok()
+}
+
+/// The Gemini door as a hot door ([`super::HotDoor`]): the same handler as
+/// the router's route, with the segment read from the path.
+pub async fn hot(state: SharedState, req: Request, origin: Origin) -> Response {
+    let seg = door_segment(req.uri().path()).map(Cow::into_owned);
+    match seg {
+        Some(seg) => call(state, req, origin, &seg).await,
+        // `HotDoor::of` checked the path; kept total all the same.
+        None => errors::bad_request("expected models/{model}:{method}")
+            .into_dialect(Dialect::Gemini, &origin.request_id),
+    }
+}
+
+/// Serves `models/{model}:{action}`: the model and the method share one
+/// segment.
+async fn call(state: SharedState, req: Request, origin: Origin, model_action: &str) -> Response {
     let Some((model, action)) = model_action.rsplit_once(':') else {
         return errors::bad_request("expected models/{model}:{method}")
-            .into_dialect(Dialect::Gemini, &request_id(&req.into_parts().0));
+            .into_dialect(Dialect::Gemini, &origin.request_id);
     };
     let model = model.trim().to_string();
     let door = Door {
@@ -42,27 +78,23 @@ async fn dispatch(
         name: "gemini",
     };
     match action {
-        "generateContent" => {
-            let origin = Origin::of(&req);
-            serve(state, req, origin, door, |b| read_head(b, model, false)).await
-        }
+        "generateContent" => serve(state, req, origin, door, |b| read_head(b, model, false)).await,
         "streamGenerateContent" => {
             // Without `alt=sse` Google streams one JSON array instead of SSE.
             let sse = req
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
-            let origin = Origin::of(&req);
             let resp = serve(state, req, origin, door, |b| read_head(b, model, true)).await;
             if sse { resp } else { json_array(resp) }
         }
-        "countTokens" => count_tokens(state, req, model).await,
+        "countTokens" => count_tokens(state, req, origin, model).await,
         other => RelayError::new(
             super::error::Kind::NotFound,
             "unknown_method",
             format!("unknown method '{other}'"),
         )
-        .into_dialect(Dialect::Gemini, &request_id(&req.into_parts().0)),
+        .into_dialect(Dialect::Gemini, &origin.request_id),
     }
 }
 
@@ -104,11 +136,11 @@ fn read_head(body: &[u8], model: String, stream: bool) -> Result<Head, RelayErro
 }
 
 /// Counted locally (tiktoken): no upstream call, no charge.
-async fn count_tokens(state: SharedState, req: Request, model: String) -> Response {
+async fn count_tokens(state: SharedState, req: Request, origin: Origin, model: String) -> Response {
     let (parts, body) = req.into_parts();
-    let rid = request_id(&parts);
+    let rid = origin.request_id;
     let result = async {
-        let caller = gate::admit(&state, &parts, super::peer(&parts)).await?;
+        let caller = gate::admit(&state, &parts, origin.peer).await?;
         let body = read_body(body, state.config.max_body_bytes).await?;
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| errors::bad_request(format!("invalid request body: {e}")))?;

@@ -99,6 +99,9 @@ pub enum HotDoor {
     Embeddings,
     Messages,
     Responses,
+    /// `/v1beta/models/{model}:{method}` and `/v1/models/{model}:{method}`
+    /// ([`gemini::door_segment`]): a path parameter, so not in [`Self::ALL`].
+    Gemini,
 }
 
 impl HotDoor {
@@ -116,7 +119,11 @@ impl HotDoor {
         if method != axum::http::Method::POST {
             return None;
         }
-        Self::ALL.iter().find(|(_, p)| *p == path).map(|(d, _)| *d)
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == path)
+            .map(|(d, _)| *d)
+            .or_else(|| gemini::door_segment(path).map(|_| HotDoor::Gemini))
     }
 
     /// Serves the call with the door's handler, the one [`router`] routes to.
@@ -132,6 +139,7 @@ impl HotDoor {
             HotDoor::Embeddings => openai::call(state, req, origin, Endpoint::Embeddings).await,
             HotDoor::Messages => anthropic::messages(state, req, origin).await,
             HotDoor::Responses => responses::responses(state, req, origin).await,
+            HotDoor::Gemini => gemini::hot(state, req, origin).await,
         }
     }
 }

@@ -248,6 +248,59 @@ mod tests {
             assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{path}");
             assert!(id.is_some(), "{path}");
         }
+        // The Gemini door: a path parameter, percent-decoded as axum's
+        // `Path` does; whatever the front does not take, the router answers.
+        let post = axum::http::Method::POST;
+        for (path, status) in [
+            (
+                "/v1beta/models/gemini-pro:generateContent",
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "/v1/models/gemini-pro:generateContent",
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "/v1beta/models/gemini-pro:streamGenerateContent?alt=sse",
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "/v1beta/models/gemini-pro:streamGenerateContent",
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "/v1beta/models/gemini%2Dpro:countTokens",
+                StatusCode::UNAUTHORIZED,
+            ),
+            ("/v1beta/models/gemini-pro:nope", StatusCode::NOT_FOUND),
+            ("/v1beta/models/no-method", StatusCode::BAD_REQUEST),
+        ] {
+            let bare = path.split('?').next().unwrap();
+            assert_eq!(HotDoor::of(&post, bare), Some(HotDoor::Gemini), "{path}");
+            let (s_front, id, b_front) = call(&front, "POST", path, &bad_key).await;
+            let (s_router, _, b_router) = route(router(), "POST", path, &bad_key).await;
+            assert_eq!(s_front, status, "{path}: {b_front}");
+            let quoted = format!(" (request id: {})", id.unwrap());
+            let b_front = b_front.to_string();
+            assert!(b_front.contains(&quoted), "{path}: {b_front}");
+            assert_eq!(s_router, s_front, "{path}");
+            assert_eq!(b_front.replace(&quoted, ""), b_router.to_string(), "{path}");
+        }
+        for path in [
+            "/v1beta/models/",
+            "/v1beta/models/a/b:generateContent",
+            "/v1beta/models/%FF:generateContent",
+            "/v1beta/modelsx:generateContent",
+        ] {
+            assert_eq!(HotDoor::of(&post, path), None, "{path}");
+            let (s_front, _, _) = call(&front, "POST", path, &bad_key).await;
+            let (s_router, _, _) = route(router(), "POST", path, &bad_key).await;
+            assert_eq!(s_front, s_router, "{path}");
+        }
+        let gemini = "/v1beta/models/gemini-pro:generateContent";
+        assert_eq!(HotDoor::of(&axum::http::Method::GET, gemini), None);
+        let (s, _, _) = call(&front, "GET", gemini, &[]).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
         // Ids differ call to call, on both branches.
         let (_, a, _) = call(&front, "POST", "/v1/chat/completions", &[]).await;
         let (_, b, _) = call(&front, "POST", "/v1/chat/completions", &[]).await;
