@@ -209,6 +209,16 @@ impl TestServer {
         out
     }
 
+    /// How many rows a log query (`path` carries the filters) matches, from
+    /// its `total`: for polling while rows may still arrive. `all_logs`
+    /// checks that pages add up to the total, which a ledger commit between
+    /// the endpoint's page query and count query breaks.
+    pub async fn logs_total(&self, caller: &Caller, path: &str) -> i64 {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let r = self.get(caller, &format!("{path}{sep}page_size=1")).await;
+        r.ok()["total"].as_i64().unwrap()
+    }
+
     /// Consume rows (type 2) of the whole ledger, newest first (root view).
     pub async fn consume_rows(&self) -> Vec<Value> {
         self.all_logs(&self.root(), "/api/log/?type=2").await
