@@ -59,17 +59,21 @@ pub async fn hot(state: SharedState, req: Request, origin: Origin) -> Response {
     match seg {
         Some(seg) => call(state, req, origin, &seg).await,
         // `HotDoor::of` checked the path; kept total all the same.
-        None => errors::bad_request("expected models/{model}:{method}")
-            .into_dialect(Dialect::Gemini, &origin.request_id),
+        None => no_method(&origin),
     }
+}
+
+/// The answer to a segment without `{model}:{method}`.
+fn no_method(origin: &Origin) -> Response {
+    errors::bad_request("expected models/{model}:{method}")
+        .into_dialect(Dialect::Gemini, &origin.request_id)
 }
 
 /// Serves `models/{model}:{action}`: the model and the method share one
 /// segment.
 async fn call(state: SharedState, req: Request, origin: Origin, model_action: &str) -> Response {
     let Some((model, action)) = model_action.rsplit_once(':') else {
-        return errors::bad_request("expected models/{model}:{method}")
-            .into_dialect(Dialect::Gemini, &origin.request_id);
+        return no_method(&origin);
     };
     let model = model.trim().to_string();
     let door = Door {
